@@ -148,7 +148,7 @@ def verify_proof_of_knowledge(suite: Ciphersuite, package: Round1Package) -> Non
         nonce, mu = suite.decode_signature(package.proof_of_knowledge)
         key = package.commitment[0]
         c = _pok_challenge(suite, package.sender, key, nonce)
-        expected = group.sub(group.base_mul(mu), group.mul(key, c))
+        expected = group.linear_combination([(key, -c)], base=mu)
     except (EncodingError, IndexError) as exc:
         raise FaultyParticipantError(
             package.sender, f"malformed proof of knowledge: {exc}"

@@ -38,7 +38,12 @@ class NonCanonicalScalarError(EncodingError):
 
 
 class InvalidElementError(EncodingError):
-    """A group element encoding is malformed, not canonical, or not a point of the group."""
+    """A group element encoding is malformed, not canonical, or not a point of the group.
+
+    `term` is the index of the offending input when a multi-element operation failed.
+    """
+
+    term: int | None = None
 
 
 class IdentityElementError(InvalidElementError):

@@ -88,12 +88,12 @@ def evaluate_polynomial(group: Group, coefficients: Sequence[int], x: int) -> in
 
 def evaluate_commitment(group: Group, commitment: Sequence[bytes], x: int) -> bytes:
     """Σ C_k·x^k: the public image of f(x) under a Feldman commitment (constant term first)."""
-    terms = [commitment[0]]
+    terms = []
     power = 1
-    for element in commitment[1:]:
+    for element in commitment:
+        terms.append((element, power))
         power = power * x % group.order
-        terms.append(group.mul(element, power))
-    return group.sum(terms)
+    return group.linear_combination(terms)
 
 
 class PublicKeyPackage(NamedTuple):
@@ -120,11 +120,8 @@ class PublicKeyPackage(NamedTuple):
         chosen = validate_identifiers(group, identifiers)
         if len(chosen) < self.threshold:
             raise ParameterError("interpolating the group key needs at least t shares")
-        return group.sum(
-            [
-                group.mul(self.verifying_share(i), lagrange_coefficient(group, chosen, i))
-                for i in chosen
-            ]
+        return group.linear_combination(
+            [(self.verifying_share(i), lagrange_coefficient(group, chosen, i)) for i in chosen]
         )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, NoReturn
 
 from .ciphersuite import Ciphersuite, TaprootCiphersuite
@@ -16,6 +16,8 @@ from .errors import (
     AggregationError,
     EncodingError,
     FaultyParticipantError,
+    FrostError,
+    InvalidElementError,
     InvalidSignatureSharesError,
     NonceReuseError,
     ParameterError,
@@ -114,15 +116,21 @@ def commit(share: KeyShare, random_bytes: RandomBytes = secrets.token_bytes) -> 
 @dataclass(frozen=True, slots=True)
 class SigningPackage:
     """What the coordinator asks the signers to sign: one message, its signers' commitments
-    (sorted by identifier, every element checked) and the public tweaks of the key.
+    (sorted by identifier) and the public tweaks of the key.
 
-    Build it with `SigningPackage.create`, which validates; the fields are then trusted.
+    Build it with `SigningPackage.create`. Commitment elements are validated in full by the
+    first operation that uses them (round 2 or aggregation), which names the participant
+    whose commitment is bad; the values derived from the package (binding factors, group
+    commitment, challenge) are computed once and kept with it.
     """
 
     suite: Ciphersuite
     message: bytes
     commitments: tuple[SigningCommitments, ...]
     tweaks: tuple[Tweak, ...] = ()
+    _sessions: dict[PublicKeyPackage, _Session] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def create(
@@ -141,13 +149,8 @@ class SigningPackage:
             if c.identifier in seen:
                 raise ParameterError(f"participant {c.identifier} committed twice")
             seen.add(c.identifier)
-            try:
-                group.decode_element(c.hiding)
-                group.decode_element(c.binding)
-            except EncodingError as exc:
-                raise FaultyParticipantError(
-                    c.identifier, f"invalid nonce commitment: {exc}"
-                ) from exc
+            if len(c.hiding) != group.element_size or len(c.binding) != group.element_size:
+                raise FaultyParticipantError(c.identifier, "nonce commitment has the wrong size")
         tweak_list = tuple(tweaks)
         if tweak_list and not isinstance(suite, TaprootCiphersuite):
             raise ParameterError(f"{suite.name} keys cannot be tweaked")
@@ -179,7 +182,6 @@ class _Session(NamedTuple):
 
     key: TweakedKey
     binding_factors: dict[int, int]
-    commitment_shares: dict[int, bytes]
     commitment: bytes  # the group commitment R, normalised for the suite
     negate_nonces: bool
     challenge: int
@@ -190,8 +192,14 @@ def _session(
     public: PublicKeyPackage,
     own: tuple[int, int, int] | None = None,
 ) -> _Session:
-    """Derive the session; `own` = (identifier, d, e) lets a signer use a base-point
-    multiplication for its own commitment share instead of a variable-base one."""
+    """Derive (or recall) the package's session under `public`.
+
+    `own` = (identifier, d, e) lets a signer compute its own commitment share as
+    (d + e·ρ)·G instead of multiplying its own public commitments.
+    """
+    cached = package._sessions.get(public)
+    if cached is not None:
+        return cached
     suite = package.suite
     if public.suite is not suite:
         raise ParameterError("signing package and key belong to different ciphersuites")
@@ -209,24 +217,29 @@ def _session(
     )
     prefix = key.key + suite.H4(package.message) + suite.H5(encoded)
     factors = {i: suite.H1(prefix + group.encode_scalar(i)) for i in ids}
-    shares: dict[int, bytes] = {}
+    terms: list[tuple[bytes, int]] = []
+    owners: list[int] = []
+    base = 0
     for c in package.commitments:
         rho = factors[c.identifier]
         if own is not None and own[0] == c.identifier:
-            shares[c.identifier] = group.base_mul(own[1] + own[2] * rho)
+            base = own[1] + own[2] * rho
         else:
-            try:
-                shares[c.identifier] = group.add(c.hiding, group.mul(c.binding, rho))
-            except EncodingError as exc:
-                raise FaultyParticipantError(
-                    c.identifier, f"invalid nonce commitment: {exc}"
-                ) from exc
-    commitment = group.sum(list(shares.values()))
+            terms += [(c.hiding, 1), (c.binding, rho)]
+            owners += [c.identifier, c.identifier]
+    try:
+        commitment = group.linear_combination(terms, base)
+    except InvalidElementError as exc:
+        if exc.term is None:
+            raise FrostError(f"group commitment is invalid: {exc}") from exc
+        raise FaultyParticipantError(owners[exc.term], f"invalid nonce commitment: {exc}") from exc
     negate = suite.needs_negation(commitment)
     if negate:
         commitment = group.neg(commitment)
     challenge = suite.challenge(commitment, key.key, package.message)
-    return _Session(key, factors, shares, commitment, negate, challenge)
+    session = _Session(key, factors, commitment, negate, challenge)
+    package._sessions[public] = session
+    return session
 
 
 def sign(package: SigningPackage, nonces: SigningNonces, share: KeyShare) -> SignatureShare:
@@ -254,21 +267,26 @@ def sign(package: SigningPackage, nonces: SigningNonces, share: KeyShare) -> Sig
 def _share_is_valid(
     package: SigningPackage, public: PublicKeyPackage, session: _Session, share: SignatureShare
 ) -> bool:
+    """z_i·G == ±(D_i + ρ_i·E_i) + c·λ_i·Y_i (RFC 9591 §5.4; ± for BIP340's nonce parity)."""
     group = package.suite.group
     i = share.identifier
-    commitment_share = session.commitment_shares[i]
-    if session.negate_nonces:
-        commitment_share = group.neg(commitment_share)
+    if not 0 < share.share < group.order:
+        return False
+    c = package.commitments_of(i)
+    sign = -1 if session.negate_nonces else 1
     verifying_share = session.key.verifying_share(group, public.verifying_share(i))
     lam = lagrange_coefficient(group, package.identifiers, i)
-    if not 0 <= share.share < group.order:
-        return False
     try:
-        left = group.base_mul(share.share)
+        expected = group.linear_combination(
+            [
+                (c.hiding, sign),
+                (c.binding, sign * session.binding_factors[i]),
+                (verifying_share, session.challenge * lam),
+            ]
+        )
     except EncodingError:
         return False
-    right = group.add(commitment_share, group.mul(verifying_share, session.challenge * lam))
-    return left == right
+    return expected == group.base_mul(share.share)
 
 
 def verify_signature_share(

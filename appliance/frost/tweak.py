@@ -39,8 +39,9 @@ class TweakedKey(NamedTuple):
         return (self.factor * signing_share + self.offset) % group.order
 
     def verifying_share(self, group: Group, verifying_share: bytes) -> bytes:
-        point = verifying_share if self.factor == 1 else group.neg(verifying_share)
-        return point if self.offset == 0 else group.add(point, group.base_mul(self.offset))
+        if self.factor == 1 and self.offset == 0:
+            return verifying_share
+        return group.linear_combination([(verifying_share, self.factor)], base=self.offset)
 
 
 def taproot_tweak(internal_key: bytes, merkle_root: bytes = b"") -> Tweak:
@@ -68,9 +69,8 @@ def apply_tweaks(
         if not 0 <= tweak.value < order:
             raise ParameterError("The tweak value is out of range.")
         sign = -1 if tweak.xonly and not group.has_even_y(key) else 1
-        base = key if sign == 1 else group.neg(key)
         try:
-            key = base if tweak.value == 0 else group.add(base, group.base_mul(tweak.value))
+            key = group.linear_combination([(key, sign)], base=tweak.value)
         except IdentityElementError as exc:
             raise ParameterError("The result of tweaking cannot be infinity.") from exc
         factor = sign * factor

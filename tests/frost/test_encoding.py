@@ -14,10 +14,13 @@ from appliance.frost import (
     IdentityElementError,
     InvalidElementError,
     NonCanonicalScalarError,
+    SignatureShare,
     SigningCommitments,
     SigningPackage,
     SmallOrderElementError,
+    aggregate,
     commit,
+    sign,
     trusted_dealer_keygen,
 )
 from appliance.frost.group import ED25519, SECP256K1
@@ -60,12 +63,17 @@ def test_zcash_invalid_element_is_refused_and_blamed(vectors, name: str) -> None
     invalid = bytes.fromhex(vectors.json(f"{folder}/elements.json")["elements"]["invalid_element"])
     with pytest.raises(InvalidElementError):
         suite.group.decode_element(invalid)
-    shares, _ = trusted_dealer_keygen(suite, 2, 3)
-    good = commit(shares[1]).commitments
-    bad = commit(shares[2]).commitments._replace(hiding=invalid)
-    with pytest.raises(FaultyParticipantError) as caught:
-        SigningPackage.create(suite, b"msg", [good, bad])
-    assert caught.value.participant == 2
+    shares, public = trusted_dealer_keygen(suite, 2, 3)
+    for field in ("hiding", "binding"):
+        nonces = commit(shares[1])
+        bad = commit(shares[2]).commitments._replace(**{field: invalid})
+        package = SigningPackage.create(suite, b"msg", [nonces.commitments, bad])
+        with pytest.raises(FaultyParticipantError) as caught:
+            sign(package, nonces, shares[1])
+        assert caught.value.participant == 2
+        with pytest.raises(FaultyParticipantError) as caught:
+            aggregate(package, [SignatureShare(1, 1), SignatureShare(2, 1)], public)
+        assert caught.value.participant == 2
 
 
 @pytest.mark.parametrize("suite", [ED25519_SHA512, SECP256K1_SHA256], ids=["ed25519", "secp"])
