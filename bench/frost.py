@@ -21,8 +21,6 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from coincurve import PrivateKey
 from coincurve._libsecp256k1 import ffi as secp_ffi
 from coincurve._libsecp256k1 import lib as secp_lib
