@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple, NoReturn
+from typing import NamedTuple
 
 from .ciphersuite import Ciphersuite
 from .errors import EncodingError, FaultyParticipantError, ParameterError
@@ -22,7 +22,7 @@ from .keys import (
     evaluate_polynomial,
     random_scalar,
 )
-from .secret import SecretScalar
+from .secret import HoldsSecrets, SecretScalar
 
 __all__ = [
     "DkgRound1Secret",
@@ -54,14 +54,7 @@ class Round2Package(NamedTuple):
     share: SecretScalar
 
 
-class _Unserialisable:
-    __slots__ = ()
-
-    def __reduce_ex__(self, protocol: object) -> NoReturn:
-        raise TypeError(f"{type(self).__name__} holds secrets and cannot be serialised")
-
-
-class DkgRound1Secret(_Unserialisable):
+class DkgRound1Secret(HoldsSecrets):
     """Kept in memory between round 1 and round 2: the secret polynomial."""
 
     __slots__ = ("coefficients", "commitment", "identifier", "max_signers", "suite", "threshold")
@@ -83,7 +76,7 @@ class DkgRound1Secret(_Unserialisable):
         self.commitment = commitment
 
 
-class DkgRound2Secret(_Unserialisable):
+class DkgRound2Secret(HoldsSecrets):
     """Kept in memory between round 2 and finalisation: f_self(self)."""
 
     __slots__ = ("commitment", "identifier", "max_signers", "own_share", "suite", "threshold")

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple, NoReturn
+from typing import NamedTuple
 
 from .ciphersuite import Ciphersuite
 from .errors import FaultyParticipantError, ParameterError
 from .group import Group
-from .secret import SecretScalar
+from .secret import HoldsSecrets, SecretScalar
 
 __all__ = [
     "KeyShare",
     "PublicKeyPackage",
     "RandomBytes",
-    "derive_identifier",
     "evaluate_commitment",
     "evaluate_polynomial",
     "lagrange_coefficient",
@@ -39,14 +38,6 @@ def random_scalar(group: Group, random_bytes: RandomBytes) -> int:
         k = int.from_bytes(random_bytes(64), "big") % group.order
         if k:
             return k
-
-
-def derive_identifier(suite: Ciphersuite, data: bytes) -> int:
-    """An identifier derived from arbitrary bytes (HID), as `frost-core`'s `Identifier::derive`."""
-    identifier = suite.HID(data)
-    if identifier == 0:
-        raise ParameterError("derived identifier is zero")
-    return identifier
 
 
 def validate_identifiers(group: Group, identifiers: Iterable[int]) -> tuple[int, ...]:
@@ -125,7 +116,7 @@ class PublicKeyPackage(NamedTuple):
         )
 
 
-class KeyShare:
+class KeyShare(HoldsSecrets):
     """One participant's share of a threshold key: the secret share and the public package.
 
     Holds a secret; it cannot be printed, pickled or copied. `wipe()` when done.
@@ -168,9 +159,6 @@ class KeyShare:
     def __repr__(self) -> str:
         return f"KeyShare(identifier={self.identifier}, group_key={self.group_key.hex()})"
 
-    def __reduce_ex__(self, protocol: object) -> NoReturn:
-        raise TypeError("key shares cannot be serialised; seal them with the HSM")
-
 
 def split(
     suite: Ciphersuite,
@@ -182,7 +170,7 @@ def split(
     """Shamir-split `secret` among `identifiers`, any `threshold` of whom can sign.
 
     Shares are returned in memory; a dealer that sends them anywhere must also send the
-    commitment so receivers can check them (`KeyShare.check`).
+    public package, so each receiver can check its share (`KeyShare.check`).
     """
     group = suite.group
     ids = validate_identifiers(group, identifiers)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from typing import NamedTuple, NoReturn
+from typing import NamedTuple
 
 from .dkg import Round2Package
 from .errors import EncodingError, FaultyParticipantError, ParameterError
@@ -22,7 +22,7 @@ from .keys import (
     evaluate_polynomial,
     random_scalar,
 )
-from .secret import SecretScalar
+from .secret import HoldsSecrets, SecretScalar
 
 __all__ = ["RefreshPackage", "RefreshSecret", "refresh_finalize", "refresh_round1"]
 
@@ -34,7 +34,7 @@ class RefreshPackage(NamedTuple):
     commitment: tuple[bytes, ...]
 
 
-class RefreshSecret:
+class RefreshSecret(HoldsSecrets):
     """Kept in memory between the rounds: the zero-constant polynomial's values."""
 
     __slots__ = ("commitment", "share")
@@ -42,9 +42,6 @@ class RefreshSecret:
     def __init__(self, share: KeyShare, commitment: tuple[bytes, ...]) -> None:
         self.share = share
         self.commitment = commitment
-
-    def __reduce_ex__(self, protocol: object) -> NoReturn:
-        raise TypeError("refresh secrets cannot be serialised")
 
 
 def refresh_round1(

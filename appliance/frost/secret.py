@@ -9,10 +9,25 @@ from __future__ import annotations
 
 from typing import NoReturn
 
-__all__ = ["SecretScalar"]
+__all__ = ["HoldsSecrets", "SecretScalar"]
 
 
-class SecretScalar:
+class HoldsSecrets:
+    """Base of every object holding secret material: not picklable, not copyable."""
+
+    __slots__ = ()
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise TypeError(f"{type(self).__name__} holds secrets and cannot be serialised")
+
+    def __copy__(self) -> NoReturn:
+        raise TypeError(f"{type(self).__name__} holds secrets and cannot be copied")
+
+    def __deepcopy__(self, memo: object) -> NoReturn:
+        raise TypeError(f"{type(self).__name__} holds secrets and cannot be copied")
+
+
+class SecretScalar(HoldsSecrets):
     """A scalar modulo a group order, held in a wipeable buffer."""
 
     __slots__ = ("_buffer",)
@@ -39,15 +54,6 @@ class SecretScalar:
 
     def __repr__(self) -> str:
         return "SecretScalar(<wiped>)" if self._buffer is None else "SecretScalar(<secret>)"
-
-    def __reduce_ex__(self, protocol: object) -> NoReturn:
-        raise TypeError("secret scalars cannot be serialised")
-
-    def __copy__(self) -> NoReturn:
-        raise TypeError("secret scalars cannot be copied")
-
-    def __deepcopy__(self, memo: object) -> NoReturn:
-        raise TypeError("secret scalars cannot be copied")
 
     def __eq__(self, other: object) -> bool:
         # Comparing secrets is a test-only need; refuse it so code cannot branch on them.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, NoReturn
+from typing import NamedTuple
 
 from .ciphersuite import Ciphersuite, TaprootCiphersuite
 from .errors import (
@@ -23,7 +23,7 @@ from .errors import (
     ParameterError,
 )
 from .keys import KeyShare, PublicKeyPackage, RandomBytes, lagrange_coefficient
-from .secret import SecretScalar
+from .secret import HoldsSecrets, SecretScalar
 from .tweak import Tweak, TweakedKey, apply_tweaks
 
 __all__ = [
@@ -54,7 +54,7 @@ class SignatureShare(NamedTuple):
     share: int
 
 
-class SigningNonces:
+class SigningNonces(HoldsSecrets):
     """A signer's secret nonce pair for exactly one signature.
 
     The first call to `sign` spends it, successful or not: the scalars are wiped and any
@@ -86,15 +86,6 @@ class SigningNonces:
     def __repr__(self) -> str:
         state = "spent" if self.spent else "unspent"
         return f"SigningNonces(identifier={self.commitments.identifier}, {state})"
-
-    def __reduce_ex__(self, protocol: object) -> NoReturn:
-        raise TypeError("signing nonces cannot be serialised")
-
-    def __copy__(self) -> NoReturn:
-        raise TypeError("signing nonces cannot be copied")
-
-    def __deepcopy__(self, memo: object) -> NoReturn:
-        raise TypeError("signing nonces cannot be copied")
 
 
 def commit(share: KeyShare, random_bytes: RandomBytes = secrets.token_bytes) -> SigningNonces:
