@@ -3,7 +3,7 @@
 
 VENV          := .venv
 PY            := $(VENV)/bin/python
-APT_PACKAGES  :=
+APT_PACKAGES  := softhsm2
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: all demo test lint typecheck unit bench lock venv clean
@@ -23,13 +23,14 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 
 typecheck: venv
-	$(VENV)/bin/mypy appliance/frost
+	$(VENV)/bin/mypy appliance/frost hsm
 
 unit: venv
 	$(PY) -m pytest
 
 bench: venv
 	$(PY) bench/frost.py --output bench/results/frost.json
+	$(PY) bench/keystore.py --output bench/results/hsm.json
 
 # Re-resolve the locks after editing pyproject.toml (needs the network).
 lock: venv

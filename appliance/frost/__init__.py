@@ -5,6 +5,7 @@ The attestation key uses `ED25519_SHA512`; the custody key uses `SECP256K1_TR`.
 """
 
 from .ciphersuite import (
+    CIPHERSUITES,
     ED25519_SHA512,
     SECP256K1_SHA256,
     SECP256K1_TR,
@@ -61,6 +62,7 @@ from .signing import (
 from .tweak import Tweak, TweakedKey, apply_tweaks, taproot_tweak
 
 __all__ = [
+    "CIPHERSUITES",
     "ED25519_SHA512",
     "SECP256K1_SHA256",
     "SECP256K1_TR",

@@ -14,6 +14,7 @@ from .errors import EncodingError, InvalidElementError
 from .group import ED25519, SECP256K1, Ed25519Group, Group, Secp256k1Group
 
 __all__ = [
+    "CIPHERSUITES",
     "ED25519_SHA512",
     "SECP256K1_SHA256",
     "SECP256K1_TR",
@@ -206,3 +207,8 @@ class TaprootCiphersuite(_Secp256k1Sha256):
 ED25519_SHA512: Final[Ciphersuite] = _Ed25519Sha512()
 SECP256K1_SHA256: Final[Ciphersuite] = _Secp256k1Sha256()
 SECP256K1_TR: Final[TaprootCiphersuite] = TaprootCiphersuite()
+
+CIPHERSUITES: Final[dict[str, Ciphersuite]] = {
+    suite.context.decode(): suite for suite in (ED25519_SHA512, SECP256K1_SHA256, SECP256K1_TR)
+}
+"""The suites by their RFC 9591 context string, the name stored with sealed shares."""

@@ -6,6 +6,7 @@ Appendix C). The dealer exists for tests and demos; the appliance creates keys b
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
@@ -98,6 +99,12 @@ class PublicKeyPackage(NamedTuple):
     @property
     def identifiers(self) -> tuple[int, ...]:
         return tuple(identifier for identifier, _ in self.verifying_shares)
+
+    @property
+    def fingerprint(self) -> str:
+        """128 bits of SHA-256 over suite and group key, for comparing keys out of band."""
+        digest = hashlib.sha256(self.suite.context + b"\0" + self.group_key).hexdigest()[:32]
+        return "-".join(digest[i : i + 4] for i in range(0, 32, 4))
 
     def verifying_share(self, identifier: int) -> bytes:
         for known, share in self.verifying_shares:
