@@ -3,7 +3,7 @@
 
 VENV          := .venv
 PY            := $(VENV)/bin/python
-APT_PACKAGES  := softhsm2
+APT_PACKAGES  := softhsm2 libsystemd-dev pkg-config python3-dev gcc
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: all demo test lint typecheck unit bench lock venv clean

@@ -45,7 +45,13 @@ from .keys import (
     split,
     trusted_dealer_keygen,
 )
-from .refresh import RefreshPackage, RefreshSecret, refresh_finalize, refresh_round1
+from .refresh import (
+    RefreshPackage,
+    RefreshSecret,
+    evaluate_refresh_commitment,
+    refresh_finalize,
+    refresh_round1,
+)
 from .repair import repair_share_step1, repair_share_step2, repair_share_step3
 from .secret import SecretScalar
 from .signing import (
@@ -101,6 +107,7 @@ __all__ = [
     "dkg_finalize",
     "dkg_round1",
     "dkg_round2",
+    "evaluate_refresh_commitment",
     "lagrange_coefficient",
     "public_key_package",
     "refresh_finalize",

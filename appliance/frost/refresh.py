@@ -9,11 +9,12 @@ participant confirms its new share (see the ceremony layer).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from .dkg import Round2Package
 from .errors import EncodingError, FaultyParticipantError, ParameterError
+from .group import Group
 from .keys import (
     KeyShare,
     PublicKeyPackage,
@@ -24,7 +25,13 @@ from .keys import (
 )
 from .secret import HoldsSecrets, SecretScalar
 
-__all__ = ["RefreshPackage", "RefreshSecret", "refresh_finalize", "refresh_round1"]
+__all__ = [
+    "RefreshPackage",
+    "RefreshSecret",
+    "evaluate_refresh_commitment",
+    "refresh_finalize",
+    "refresh_round1",
+]
 
 
 class RefreshPackage(NamedTuple):
@@ -66,9 +73,8 @@ def refresh_round1(
     return RefreshSecret(share, commitment), package, deltas
 
 
-def _commitment_at(share: KeyShare, commitment: tuple[bytes, ...], x: int) -> bytes:
-    group = share.suite.group
-    # Σ_{k≥1} C_k·x^k = x·Σ_{k≥1} C_k·x^(k-1)
+def evaluate_refresh_commitment(group: Group, commitment: Sequence[bytes], x: int) -> bytes:
+    """Σ_{k≥1} C_k·x^k for a commitment to the coefficients of degree 1.. (constant zero)."""
     return group.mul(evaluate_commitment(group, commitment, x), x)
 
 
@@ -98,9 +104,9 @@ def refresh_finalize(
         try:
             for element in package.commitment:
                 group.decode_element(element)
-            matches = 0 < value < group.order and group.base_mul(value) == _commitment_at(
-                share, package.commitment, me
-            )
+            matches = 0 < value < group.order and group.base_mul(
+                value
+            ) == evaluate_refresh_commitment(group, package.commitment, me)
         except EncodingError:
             matches = False
         if not matches:
@@ -111,7 +117,7 @@ def refresh_finalize(
             i,
             group.sum(
                 [share.public.verifying_share(i)]
-                + [_commitment_at(share, packages[j].commitment, i) for j in everyone]
+                + [evaluate_refresh_commitment(group, packages[j].commitment, i) for j in everyone]
             ),
         )
         for i in everyone

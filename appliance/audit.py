@@ -1,0 +1,141 @@
+"""Audit records: one structured journald entry per event, the one way to write them.
+
+Every record carries `WIRE_EVENT`, `WIRE_OUTCOME` and, where they apply, `WIRE_ACTOR`,
+`WIRE_ROLE` and `WIRE_CEREMONY`, plus the stable `MESSAGE_ID` of its event kind from
+`EVENTS` below (the catalog). A record that cannot be written raises
+`AuditUnavailableError`; callers refuse the state change it would have recorded. Secrets
+never appear in records: callers pass identifiers, names and reasons only.
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from systemd import journal
+
+__all__ = ["EVENTS", "AuditEvent", "AuditUnavailableError", "audit"]
+
+IDENTIFIER = "wire-mpc"
+# libsystemd silently drops records when journald is not running; look for its socket first.
+JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    message_id: str
+    priority: int
+    description: str
+
+
+# The catalog. A MESSAGE_ID never changes once shipped; new kinds get new ids.
+EVENTS: Final[dict[str, AuditEvent]] = {
+    "engine.started": AuditEvent(
+        "fa33c8989c004d209b70845af3aabe49", journal.LOG_NOTICE, "the engine started"
+    ),
+    "engine.stopped": AuditEvent(
+        "8beab476e04c4fbb842aadd3a9ec32e6", journal.LOG_NOTICE, "the engine stopped"
+    ),
+    "mesh.connection-refused": AuditEvent(
+        "856d2672df1d4b28848032af67a5d26a",
+        journal.LOG_WARNING,
+        "a connection with a CURVE key outside the cluster was refused",
+    ),
+    "mesh.message-rejected": AuditEvent(
+        "28222f5163bc4261b33c757d5b37c29d",
+        journal.LOG_WARNING,
+        "a mesh message was dropped (malformed, replayed, foreign, unsigned, oversized)",
+    ),
+    "ceremony.started": AuditEvent(
+        "3dc2e8642133436ab48bf87d8eaf1e49", journal.LOG_INFO, "a ceremony started"
+    ),
+    "ceremony.completed": AuditEvent(
+        "2635e9d12e5340c0a1ecd76440677327", journal.LOG_NOTICE, "a ceremony completed"
+    ),
+    "ceremony.failed": AuditEvent(
+        "7eb5b01c92fe425aa625963914be7652", journal.LOG_ERR, "a ceremony failed"
+    ),
+    "ceremony.abandoned": AuditEvent(
+        "53e66c412fc5416e88029b6792572eee",
+        journal.LOG_WARNING,
+        "an open ceremony was abandoned by a restart",
+    ),
+    "ceremony.blame": AuditEvent(
+        "c37fce0f6b7e416789e70a9d43e036f1",
+        journal.LOG_ERR,
+        "a participant was proven faulty in a ceremony",
+    ),
+    "key.verified": AuditEvent(
+        "05575f11b0af4712bd02b1bf88354e9f",
+        journal.LOG_NOTICE,
+        "a threshold key passed its verification round; its share is sealed",
+    ),
+    "key.shares-retired": AuditEvent(
+        "62ae89bc39a44fb490a84f56c42358c4",
+        journal.LOG_NOTICE,
+        "old shares were deleted after every participant confirmed new ones",
+    ),
+    "signing.shares-released": AuditEvent(
+        "87e79f89de2748a7898dd660b0404660",
+        journal.LOG_INFO,
+        "this node released signature shares for a request",
+    ),
+    "signing.refused": AuditEvent(
+        "cbb5cba17fe446138f4acfa8d46eca37",
+        journal.LOG_WARNING,
+        "this node refused to sign a request",
+    ),
+    "keystore.tamper-detected": AuditEvent(
+        "e7c92373599a478c93014806d87ba8ba",
+        journal.LOG_CRIT,
+        "a sealed share failed authentication",
+    ),
+    "control.refused": AuditEvent(
+        "619d1ca07ac14fc4828a48baec2e6de5",
+        journal.LOG_WARNING,
+        "a process without permission tried the engine's control socket",
+    ),
+    "control.request": AuditEvent(
+        "904f02810675427cae66143fedc93aea",
+        journal.LOG_INFO,
+        "a command reached the engine's control socket",
+    ),
+}
+
+
+class AuditUnavailableError(RuntimeError):
+    """journald did not accept the record."""
+
+
+def audit(
+    event: str,
+    outcome: str,
+    message: str,
+    *,
+    actor: str | None = None,
+    role: str | None = None,
+    ceremony: str | None = None,
+    **fields: str | int,
+) -> None:
+    """Write one audit record; raise `AuditUnavailableError` if journald refuses it."""
+    kind = EVENTS[event]
+    record: dict[str, str] = {
+        "MESSAGE_ID": kind.message_id,
+        "PRIORITY": str(kind.priority),
+        "SYSLOG_IDENTIFIER": IDENTIFIER,
+        "WIRE_EVENT": event,
+        "WIRE_OUTCOME": outcome,
+    }
+    for name, given in (("WIRE_ACTOR", actor), ("WIRE_ROLE", role), ("WIRE_CEREMONY", ceremony)):
+        if given is not None:
+            record[name] = given
+    for name, value in fields.items():
+        record[f"WIRE_{name.upper()}"] = str(value)
+    try:
+        if not stat.S_ISSOCK(JOURNAL_SOCKET.stat().st_mode):
+            raise OSError(f"{JOURNAL_SOCKET} is not a socket")
+        journal.send(message, **record)
+    except OSError as exc:
+        raise AuditUnavailableError(f"journald refused the audit record {event}: {exc}") from exc

@@ -1,0 +1,234 @@
+"""The node's configuration: `/etc/wire-mpc/config.json`, read once, strictly.
+
+Unknown or missing fields are errors that name the field. Secrets are never in the file:
+the HSM PIN and the CURVE secret key arrive as systemd credentials (`hsm-pin`,
+`curve-secret-key`), or for development as environment variables.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq.utils.z85
+
+from hsm.config import HsmConfig, SecretSource, read_secret
+
+from .strictjson import StrictObject, as_hex, as_integer, as_list, as_string
+
+__all__ = ["ConfigError", "NodeConfig", "PartyConfig", "load_config", "parse_config"]
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message names the field and what is wrong."""
+
+
+@dataclass(frozen=True)
+class PartyConfig:
+    """One member of the cluster, as every node knows it."""
+
+    node_id: str
+    identifier: int
+    address: str
+    curve_public_key: str
+    identity_public_key: bytes
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://{self.address}"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    cluster_id: str
+    node_id: str
+    threshold: int
+    parties: tuple[PartyConfig, ...]
+    mesh_listen: str
+    max_message_bytes: int
+    data_dir: Path
+    engine_socket: Path
+    engine_clients: tuple[str, ...]
+    round_timeout: float
+    hsm: HsmConfig
+    curve_secret: SecretSource = field(
+        default_factory=lambda: SecretSource(
+            "curve-secret-key", environment="WIRE_MPC_CURVE_SECRET_KEY"
+        )
+    )
+
+    @property
+    def me(self) -> PartyConfig:
+        return next(p for p in self.parties if p.node_id == self.node_id)
+
+    @property
+    def peers(self) -> tuple[PartyConfig, ...]:
+        return tuple(p for p in self.parties if p.node_id != self.node_id)
+
+    def party(self, identifier: int) -> PartyConfig:
+        for p in self.parties:
+            if p.identifier == identifier:
+                return p
+        raise KeyError(identifier)
+
+    def curve_secret_key(self) -> bytes:
+        """This node's CURVE secret key (Z85), checked against its configured public key."""
+        secret = read_secret(self.curve_secret).encode()
+        try:
+            public = zmq.curve_public(secret)
+        except (zmq.ZMQError, ValueError) as exc:
+            raise ConfigError("credential curve-secret-key is not a Z85 CURVE secret key") from exc
+        if public.decode() != self.me.curve_public_key:
+            raise ConfigError(
+                "credential curve-secret-key does not match this node's curve_public_key in "
+                f"parties[{self.node_id}]"
+            )
+        return secret
+
+    @property
+    def vault_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "state.db"
+
+
+def _name(value: Any, path: str) -> str:
+    text = as_string(value, path, 63)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", text):
+        raise ValueError(f"{text!r} must be letters, digits, '.', '_' or '-'")
+    return text
+
+
+def _number(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError("must be a positive number")
+    return float(value)
+
+
+def _address(value: Any, path: str) -> str:
+    text = as_string(value, path, 255)
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} must be host:port")
+    return text
+
+
+def _path(value: Any, path: str) -> Path:
+    text = as_string(value, path, 4096)
+    if not text.startswith("/"):
+        raise ValueError(f"{text!r} must be an absolute path")
+    return Path(text)
+
+
+def _curve_key(value: Any, path: str) -> str:
+    text = as_string(value, path, 40)
+    try:
+        ok = len(text) == 40 and len(zmq.utils.z85.decode(text)) == 32
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise ValueError("must be a 40-character Z85 CURVE public key")
+    return text
+
+
+def _identity_key(value: Any, path: str) -> bytes:
+    try:
+        return as_hex(value, path, 32)
+    except ValueError:
+        raise ValueError("must be 64 hex digits (an Ed25519 public key)") from None
+
+
+def _party(value: Any, path: str) -> PartyConfig:
+    fields = StrictObject(value, path, ConfigError)
+    party = PartyConfig(
+        node_id=fields.take("node_id", _name),
+        identifier=fields.take("identifier", lambda v, p: as_integer(v, p, 1, 65535)),
+        address=fields.take("address", _address),
+        curve_public_key=fields.take("curve_public_key", _curve_key),
+        identity_public_key=fields.take("identity_public_key", _identity_key),
+    )
+    fields.done()
+    return party
+
+
+def _parties(value: Any, path: str) -> tuple[PartyConfig, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError("must be a non-empty list")
+    parties = tuple(_party(v, f"{path}[{i}]") for i, v in enumerate(value))
+    for attribute in ("node_id", "identifier", "address", "curve_public_key"):
+        values = [getattr(p, attribute) for p in parties]
+        duplicates = sorted({str(v) for v in values if values.count(v) > 1})
+        if duplicates:
+            raise ValueError(f"{attribute} repeated: {', '.join(duplicates)}")
+    return parties
+
+
+def parse_config(document: Any) -> NodeConfig:
+    """Build a NodeConfig from parsed JSON; errors name the offending field."""
+    top = StrictObject(document, "", ConfigError)
+    cluster_id = top.take("cluster_id", _name)
+    node_id = top.take("node_id", _name)
+    threshold = top.take("threshold", as_integer)
+    parties = top.take("parties", _parties)
+
+    mesh = top.section("mesh")
+    mesh_listen = mesh.take("listen", _address)
+    max_message = mesh.take(
+        "max_message_bytes", lambda v, p: as_integer(v, p, 1024, 64 << 20), 4 << 20
+    )
+    mesh.done()
+
+    paths = top.section("paths")
+    data_dir = paths.take("data_dir", _path)
+    engine_socket = paths.take("engine_socket", _path)
+    paths.done()
+
+    engine = top.section("engine", {})
+    clients = tuple(engine.take("allowed_users", as_list(_name, 16), []))
+    engine.done()
+
+    hsm = top.section("hsm")
+    module = hsm.take("module", _path)
+    label = hsm.take("token_label", lambda v, p: as_string(v, p, 32))
+    hsm.done()
+
+    ceremony = top.section("ceremony", {})
+    round_timeout = ceremony.take("round_timeout_seconds", _number, 10.0)
+    ceremony.done()
+    top.done()
+
+    if node_id not in {p.node_id for p in parties}:
+        raise ConfigError(f"node_id: {node_id!r} is not one of the parties")
+    if not 2 <= threshold <= len(parties):
+        raise ConfigError(f"threshold: {threshold} must be between 2 and {len(parties)} (parties)")
+    return NodeConfig(
+        cluster_id=cluster_id,
+        node_id=node_id,
+        threshold=threshold,
+        parties=tuple(sorted(parties, key=lambda p: p.identifier)),
+        mesh_listen=mesh_listen,
+        max_message_bytes=max_message,
+        data_dir=data_dir,
+        engine_socket=engine_socket,
+        engine_clients=clients,
+        round_timeout=round_timeout,
+        hsm=HsmConfig(module=module, token_label=label),
+    )
+
+
+def load_config(path: Path) -> NodeConfig:
+    try:
+        document = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{path}: is not valid JSON: {exc}") from exc
+    try:
+        return parse_config(document)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

@@ -1,0 +1,226 @@
+"""The engine's control socket: newline-delimited JSON requests over a Unix socket that only
+the engine's own user and the configured API user may use (checked with SO_PEERCRED).
+
+    request   {"id": 1, "method": "dkg", "params": {...}, "actor": "alice", "role": "operator"}
+    response  {"id": 1, "result": {...}}  or  {"id": 1, "error": {"code": "...", "message": "..."}}
+
+`actor` and `role` name the authenticated operator on whose behalf the API calls; every
+request is audited with them, and a state-changing request whose audit record cannot be
+written is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import pwd
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from appliance.audit import AuditUnavailableError, audit
+
+from .engine import CommandError, Engine
+
+__all__ = ["ControlServer", "EngineClient", "EngineError"]
+
+log = logging.getLogger(__name__)
+MAX_REQUEST = 1 << 20
+
+# Commands that change state: refused when their audit record cannot be written.
+STATE_CHANGING = {"dkg", "test-signing", "key-rotation"}
+
+
+class EngineError(Exception):
+    """An error answer from the engine."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _peer_uid(writer: asyncio.StreamWriter) -> int:
+    sock: socket.socket = writer.get_extra_info("socket")
+    credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", credentials)
+    return int(uid)
+
+
+class ControlServer:
+    def __init__(self, engine: Engine, path: Path, allowed_users: tuple[str, ...]) -> None:
+        self.engine = engine
+        self.path = path
+        self.allowed_uids = {os.getuid()} | {pwd.getpwnam(user).pw_uid for user in allowed_users}
+        self._server: asyncio.AbstractServer | None = None
+        self.methods: dict[str, Callable[[dict[str, Any], str], Awaitable[Any]]] = {
+            "status": self._status,
+            "key-info": self._key_info,
+            "test-communication": self._test_communication,
+            "dkg": self._dkg,
+            "test-signing": self._test_signing,
+            "key-rotation": self._key_rotation,
+            "ceremony": self._ceremony,
+        }
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.unlink(missing_ok=True)
+        old_umask = os.umask(0o177)  # the socket is created 0600: owner only
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._serve, path=str(self.path), limit=MAX_REQUEST
+            )
+        finally:
+            os.umask(old_umask)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        self.path.unlink(missing_ok=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            uid = _peer_uid(writer)
+            if uid not in self.allowed_uids:
+                self.engine.refuse("control.refused", "not-allowed", {"peer": f"uid {uid}"})
+                return
+            while True:
+                try:
+                    line = await reader.readline()
+                except (asyncio.LimitOverrunError, ValueError):
+                    await self._answer(writer, None, error=("too-large", "request too large"))
+                    return
+                if not line:
+                    return
+                await self._handle(writer, line)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
+
+    async def _handle(self, writer: asyncio.StreamWriter, line: bytes) -> None:
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("request must be an object")
+            method = request.get("method")
+            params = request.get("params") or {}
+            actor = str(request.get("actor") or "local")
+            role = str(request.get("role") or "engine-client")
+            if not isinstance(params, dict):
+                raise ValueError("params must be an object")
+        except ValueError as exc:
+            await self._answer(writer, None, error=("bad-request", f"malformed request: {exc}"))
+            return
+        request_id = request.get("id")
+        handler = self.methods.get(method) if isinstance(method, str) else None
+        if handler is None:
+            await self._answer(
+                writer, request_id, error=("unknown-method", f"no method {method!r}")
+            )
+            return
+        try:
+            audit(
+                "control.request", "received", f"{method} requested by {actor}",
+                actor=actor, role=role, method=str(method),
+            )  # fmt: skip
+        except AuditUnavailableError as exc:
+            if method in STATE_CHANGING:
+                await self._answer(writer, request_id, error=("audit-unavailable", str(exc)))
+                return
+            log.error("audit unavailable for %s: %s", method, exc)
+        try:
+            result = await handler(params, actor)
+        except CommandError as exc:
+            await self._answer(writer, request_id, error=(exc.code, str(exc)))
+            return
+        except (ValueError, KeyError, TypeError) as exc:
+            await self._answer(writer, request_id, error=("bad-request", str(exc)))
+            return
+        except Exception as exc:  # the socket must answer, whatever went wrong
+            log.exception("control method %s failed", method)
+            await self._answer(writer, request_id, error=("internal-error", str(exc)))
+            return
+        await self._answer(writer, request_id, result=result)
+
+    @staticmethod
+    async def _answer(
+        writer: asyncio.StreamWriter,
+        request_id: Any,
+        result: Any = None,
+        error: tuple[str, str] | None = None,
+    ) -> None:
+        answer: dict[str, Any] = {"id": request_id}
+        if error is not None:
+            answer["error"] = {"code": error[0], "message": error[1]}
+        else:
+            answer["result"] = result
+        writer.write(json.dumps(answer).encode() + b"\n")
+        await writer.drain()
+
+    # -- methods -----------------------------------------------------------------------------
+    async def _status(self, params: dict[str, Any], actor: str) -> Any:
+        return self.engine.status()
+
+    async def _key_info(self, params: dict[str, Any], actor: str) -> Any:
+        return self.engine.key_info()
+
+    async def _test_communication(self, params: dict[str, Any], actor: str) -> Any:
+        return await self.engine.test_communication(float(params.get("timeout", 2.0)))
+
+    async def _dkg(self, params: dict[str, Any], actor: str) -> Any:
+        return await self.engine.dkg(params["ceremony_id"])
+
+    async def _key_rotation(self, params: dict[str, Any], actor: str) -> Any:
+        return await self.engine.key_rotation(params["ceremony_id"], str(params["reason"]))
+
+    async def _test_signing(self, params: dict[str, Any], actor: str) -> Any:
+        message = params["message"]
+        if not isinstance(message, str) or not message or len(message) > 1024:
+            raise ValueError("message must be a non-empty string of at most 1024 characters")
+        coordinate = bool(params.get("coordinate", True))
+        return await self.engine.test_signing(message.encode(), coordinate, actor)
+
+    async def _ceremony(self, params: dict[str, Any], actor: str) -> Any:
+        return self.engine.ceremony_info(str(params["ceremony_id"]))
+
+
+class EngineClient:
+    """Calls the engine's control socket; one request at a time per connection."""
+
+    def __init__(self, path: Path, actor: str = "local", role: str = "engine-client") -> None:
+        self.path = path
+        self.actor = actor
+        self.role = role
+        self._counter = 0
+
+    async def call(self, method: str, timeout: float | None = None, **params: Any) -> Any:
+        reader, writer = await asyncio.open_unix_connection(str(self.path), limit=16 << 20)
+        try:
+            self._counter += 1
+            request = {
+                "id": self._counter,
+                "method": method,
+                "params": params,
+                "actor": self.actor,
+                "role": self.role,
+            }
+            writer.write(json.dumps(request).encode() + b"\n")
+            await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), timeout)
+        finally:
+            writer.close()
+        if not line:
+            raise EngineError("closed", "the engine closed the connection without answering")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise EngineError(answer["error"]["code"], answer["error"]["message"])
+        return answer["result"]
+
+    def call_sync(self, method: str, timeout: float | None = None, **params: Any) -> Any:
+        return asyncio.run(self.call(method, timeout, **params))

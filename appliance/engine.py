@@ -1,0 +1,328 @@
+"""The engine of one node: it owns the HSM session, the vault, the store and the mesh, routes
+every accepted envelope to its ceremony, and carries out the commands of its control socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from appliance.audit import AuditUnavailableError, audit
+from appliance.ceremony.base import BRIDGE_KEYS, Ceremony
+from appliance.ceremony.dkg import DkgCeremony
+from appliance.ceremony.refresh import RefreshCeremony
+from appliance.ceremony.requests import (
+    TEST_SIGNING,
+    SigningRequest,
+    message_digest,
+    test_signing_request,
+)
+from appliance.ceremony.signing import SigningCoordinator, SigningParticipant
+from appliance.config import NodeConfig
+from appliance.frost import KeyShare
+from appliance.mesh.envelope import Envelope
+from appliance.mesh.transport import Mesh
+from appliance.store import Store
+from hsm.keystore import Keystore
+from hsm.vault import ShareVault
+
+__all__ = ["CommandError", "Engine"]
+
+log = logging.getLogger(__name__)
+
+CEREMONY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+APPROVAL_SECONDS = 3600
+PENDING_PER_CEREMONY = 256
+PENDING_CEREMONIES = 16
+
+
+class CommandError(Exception):
+    """A control command cannot be carried out; `code` is stable, the message readable."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Engine:
+    def __init__(
+        self,
+        config: NodeConfig,
+        keystore: Keystore,
+        store: Store,
+        vault: ShareVault,
+        curve_secret: bytes,
+    ) -> None:
+        self.config = config
+        self.keystore = keystore
+        self.store = store
+        self.vault = vault
+        self.mesh = Mesh(config, curve_secret, keystore.sign, self.deliver, self.refuse)
+        self.ceremonies: dict[str, Ceremony] = {}
+        self.finished: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self.pending: dict[str, list[Envelope]] = {}
+        self.pending_since: dict[str, float] = {}
+        self.started = time.time()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._refusals: dict[tuple[str, str], tuple[float, int]] = {}
+
+    # -- what ceremonies use (NodeServices) ---------------------------------------------
+    def envelope(self, ceremony_id: str, round_name: str, payload: bytes) -> bytes:
+        return self.mesh.envelope(ceremony_id, round_name, payload)
+
+    def send(self, identifier: int, data: bytes) -> None:
+        self.mesh.send(identifier, data)
+
+    def audit(self, event: str, outcome: str, message: str, **fields: Any) -> None:
+        fields.setdefault("actor", self.config.node_id)
+        audit(event, outcome, message, **fields)
+
+    def open_share(self, key_name: str) -> KeyShare:
+        key = self.store.active_key(key_name)
+        if key is None:
+            raise CommandError("no-key", f"this node holds no active {key_name} key; run the DKG")
+        return self.vault.open(self.keystore, f"{key_name}-{key.epoch}")
+
+    def group_key(self, key_name: str) -> bytes:
+        key = self.store.active_key(key_name)
+        if key is None:
+            raise CommandError("no-key", f"this node holds no active {key_name} key; run the DKG")
+        return key.group_key
+
+    def approved(self, kind: str, content_hash: bytes, now: float) -> bool:
+        return self.store.approved(kind, content_hash, now)
+
+    # -- routing ---------------------------------------------------------------------------
+    def deliver(self, envelope: Envelope) -> None:
+        """Every envelope the mesh accepted lands here."""
+        ceremony = self.ceremonies.get(envelope.ceremony_id)
+        if ceremony is not None:
+            ceremony.receive(envelope)
+        elif envelope.ceremony_id in self.finished:
+            log.debug("late %s for finished ceremony %s", envelope.round, envelope.ceremony_id)
+        elif envelope.round.startswith("sign.request."):
+            self._join_signing(envelope)
+        elif envelope.round.startswith(("dkg.", "refresh.")):
+            self._hold(envelope)
+        else:
+            self.refuse(
+                "mesh.message-rejected",
+                "unknown-ceremony",
+                {
+                    "peer": str(envelope.sender),
+                    "detail": f"{envelope.round} {envelope.ceremony_id}",
+                },
+            )
+
+    def _join_signing(self, envelope: Envelope) -> None:
+        try:
+            request = SigningRequest.from_json(json.loads(envelope.payload)["request"])
+        except (ValueError, KeyError, TypeError) as exc:
+            self.refuse(
+                "mesh.message-rejected",
+                "malformed",
+                {"peer": str(envelope.sender), "detail": f"sign.request: {exc}"},
+            )
+            return
+        ceremony = SigningParticipant(self, envelope.ceremony_id, envelope.sender, request)
+        try:
+            self._start(ceremony)
+        except CommandError as exc:
+            self.refuse(
+                "mesh.message-rejected",
+                "duplicate-ceremony",
+                {"peer": str(envelope.sender), "detail": str(exc)},
+            )
+            return
+        ceremony.receive(envelope)
+
+    def _hold(self, envelope: Envelope) -> None:
+        """Keep early DKG/refresh messages until this node's operator consents (bounded)."""
+        now = time.monotonic()
+        horizon = now - 10 * self.config.round_timeout
+        for stale in [c for c, since in self.pending_since.items() if since < horizon]:
+            self.pending.pop(stale, None)
+            self.pending_since.pop(stale, None)
+        held = self.pending.get(envelope.ceremony_id)
+        if held is None:
+            if len(self.pending) >= PENDING_CEREMONIES:
+                self.refuse(
+                    "mesh.message-rejected",
+                    "unsolicited",
+                    {"peer": str(envelope.sender), "detail": "too many unconsented ceremonies"},
+                )
+                return
+            held = self.pending[envelope.ceremony_id] = []
+            self.pending_since[envelope.ceremony_id] = now
+        if len(held) < PENDING_PER_CEREMONY:
+            held.append(envelope)
+
+    def _start(self, ceremony: Ceremony) -> asyncio.Task[dict[str, Any]]:
+        if ceremony.id in self.ceremonies or self.store.ceremony(ceremony.id) is not None:
+            raise CommandError("duplicate-ceremony", f"ceremony {ceremony.id!r} exists already")
+        self.ceremonies[ceremony.id] = ceremony
+        for envelope in self.pending.pop(ceremony.id, []):
+            ceremony.receive(envelope)
+        self.pending_since.pop(ceremony.id, None)
+        task = asyncio.create_task(self._run(ceremony), name=f"ceremony-{ceremony.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _run(self, ceremony: Ceremony) -> dict[str, Any]:
+        try:
+            return await ceremony.run()
+        except Exception as exc:
+            log.exception("ceremony %s crashed", ceremony.id)
+            self.store.finish_ceremony(ceremony.id, "failed", {"reason": f"internal error: {exc}"})
+            return {"ceremony": ceremony.id, "state": "failed", "reason": f"internal error: {exc}"}
+        finally:
+            self.ceremonies.pop(ceremony.id, None)
+            self.finished[ceremony.id] = time.monotonic()
+            while len(self.finished) > 1000:
+                self.finished.popitem(last=False)
+
+    def refuse(self, event: str, reason: str, fields: dict[str, str]) -> None:
+        """Audit a refused connection or message, at most a few per second per peer and kind."""
+        key = (fields.get("peer", fields.get("address", "?")), reason)
+        now = time.monotonic()
+        window, count = self._refusals.get(key, (now, 0))
+        if now - window > 1.0:
+            window, count = now, 0
+        self._refusals[key] = (window, count + 1)
+        log.warning("%s: %s %s", event, reason, fields)
+        if count >= 5:
+            return
+        try:
+            self.audit(event, "refused", f"{event}: {reason}", reason=reason, **fields)
+        except AuditUnavailableError:
+            log.error("audit unavailable while refusing %s", reason)
+
+    # -- commands --------------------------------------------------------------------------
+    def _ceremony_id(self, value: Any) -> str:
+        if not isinstance(value, str) or not CEREMONY_ID.fullmatch(value):
+            raise CommandError("bad-request", "ceremony id must be 1-64 letters, digits, . _ -")
+        return value
+
+    async def dkg(self, ceremony_id: str) -> dict[str, Any]:
+        """This node's consent to, and part in, the DKG `ceremony_id` of both keys."""
+        return await self._start(DkgCeremony(self, self._ceremony_id(ceremony_id)))
+
+    async def key_rotation(self, ceremony_id: str, reason: str) -> dict[str, Any]:
+        """This node's consent to, and part in, refreshing the shares of both keys."""
+        if not reason:
+            raise CommandError("bad-request", "a key rotation needs a reason")
+        return await self._start(RefreshCeremony(self, self._ceremony_id(ceremony_id), reason))
+
+    async def test_signing(self, message: bytes, coordinate: bool, actor: str) -> dict[str, Any]:
+        """Approve signing `message` as a test on this node; coordinate the ceremony if asked."""
+        digest = message_digest(message)
+        self.store.approve(TEST_SIGNING, digest, actor, time.time() + APPROVAL_SECONDS)
+        if not coordinate:
+            return {"approved": True, "message": message.hex()}
+        request = test_signing_request(self, f"test-signing-{digest.hex()[:32]}", message)
+        ceremony_id = f"sign-{uuid.uuid4().hex[:20]}"
+        return await self._start(SigningCoordinator(self, ceremony_id, request))
+
+    async def sign_request(self, request: SigningRequest) -> dict[str, Any]:
+        """Coordinate a signing request of any kind with a policy."""
+        ceremony_id = f"sign-{uuid.uuid4().hex[:20]}"
+        return await self._start(SigningCoordinator(self, ceremony_id, request))
+
+    def key_info(self) -> dict[str, Any]:
+        keys: dict[str, list[dict[str, Any]]] = {}
+        for key in self.store.key_records():
+            keys.setdefault(key.name, []).append(
+                {
+                    "epoch": key.epoch,
+                    "state": key.state,
+                    "ciphersuite": key.ciphersuite,
+                    "group_key": key.group_key.hex(),
+                    "fingerprint": key.fingerprint,
+                    "threshold": key.threshold,
+                    "ceremony": key.ceremony_id,
+                }
+            )
+        return {
+            "cluster_id": self.config.cluster_id,
+            "node_id": self.config.node_id,
+            "identifier": self.config.me.identifier,
+            "keys": keys,
+            "identity_public_key": self.keystore.identity_public_key.hex(),
+        }
+
+    def status(self) -> dict[str, Any]:
+        peers = {
+            state.party.node_id: {
+                "identifier": identifier,
+                "connected": state.connected,
+                "authenticated": state.authenticated,
+                "last_seen": state.last_seen,
+            }
+            for identifier, state in self.mesh.peers.items()
+        }
+        return {
+            "cluster_id": self.config.cluster_id,
+            "node_id": self.config.node_id,
+            "uptime_seconds": round(time.time() - self.started, 1),
+            "keys": {k.name: k.fingerprint for k in self.store.key_records("active")},
+            "key_names": list(BRIDGE_KEYS),
+            "peers": peers,
+            "open_ceremonies": sorted(self.ceremonies),
+        }
+
+    async def test_communication(self, timeout: float = 2.0) -> dict[str, Any]:
+        """Per peer: TCP connected, CURVE-authenticated, and a signed round trip."""
+        identifiers = list(self.mesh.peers)
+        rtts = await asyncio.gather(*(self.mesh.ping(i, timeout) for i in identifiers))
+        report = {}
+        for identifier, rtt in zip(identifiers, rtts, strict=True):
+            state = self.mesh.peers[identifier]
+            report[state.party.node_id] = {
+                "reachable": state.connected or rtt is not None,
+                "authenticated": rtt is not None,
+                "curve_handshake": state.authenticated,
+                "round_trip_ms": round(rtt * 1e3, 3) if rtt is not None else None,
+            }
+        return {"node_id": self.config.node_id, "peers": report}
+
+    def ceremony_info(self, ceremony_id: str) -> dict[str, Any]:
+        row = self.store.ceremony(ceremony_id)
+        if row is None:
+            raise CommandError("not-found", f"no ceremony {ceremony_id!r}")
+        return {
+            "ceremony": row.id,
+            "kind": row.kind,
+            "role": row.role,
+            "state": row.state,
+            "request_id": row.request_id,
+            "detail": row.detail,
+            "blame": [{"participant": p, "reason": r} for p, r in self.store.blame(row.id)],
+        }
+
+    # -- life --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        for ceremony_id in self.store.abandon_open_ceremonies():
+            self.audit(
+                "ceremony.abandoned", "failure",
+                f"ceremony {ceremony_id} was open when the engine stopped; abandoned",
+                ceremony=ceremony_id,
+            )  # fmt: skip
+        await self.mesh.start()
+        self.audit("engine.started", "success", f"engine of {self.config.node_id} started")
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.mesh.close()
+        try:
+            self.audit("engine.stopped", "success", f"engine of {self.config.node_id} stopped")
+        except AuditUnavailableError:
+            log.error("audit unavailable at shutdown")

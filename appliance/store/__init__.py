@@ -1,0 +1,8 @@
+"""The node's durable state in SQLite (WAL, synchronous=FULL): ceremonies and their signed
+transcripts, blame, what this node signed per request, operator approvals, and the keys it
+holds. Key shares themselves live sealed in the vault, never here.
+"""
+
+from .database import Store, StoreError
+
+__all__ = ["Store", "StoreError"]

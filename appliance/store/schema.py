@@ -1,0 +1,65 @@
+"""Numbered schema migrations. A database records the last one applied in `user_version`;
+migrations only ever append (a shipped one is never edited)."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE ceremonies (
+            id          TEXT PRIMARY KEY,
+            kind        TEXT NOT NULL,
+            role        TEXT NOT NULL,
+            state       TEXT NOT NULL CHECK (state IN ('open', 'completed', 'failed', 'abandoned')),
+            request_id  TEXT,
+            detail      TEXT NOT NULL DEFAULT '{}',
+            started_at  REAL NOT NULL,
+            finished_at REAL
+        );
+        CREATE TABLE transcript (
+            position    INTEGER PRIMARY KEY AUTOINCREMENT,
+            ceremony_id TEXT NOT NULL,
+            direction   TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+            sender      INTEGER NOT NULL,
+            round       TEXT NOT NULL,
+            envelope    BLOB NOT NULL,
+            recorded_at REAL NOT NULL
+        );
+        CREATE INDEX transcript_by_ceremony ON transcript (ceremony_id, position);
+        CREATE TABLE blame (
+            ceremony_id TEXT NOT NULL,
+            participant INTEGER NOT NULL,
+            reason      TEXT NOT NULL,
+            evidence    TEXT NOT NULL DEFAULT '{}',
+            recorded_at REAL NOT NULL
+        );
+        CREATE TABLE signed_requests (
+            request_id     TEXT PRIMARY KEY,
+            kind           TEXT NOT NULL,
+            content_hash   BLOB NOT NULL,
+            first_ceremony TEXT NOT NULL,
+            signed_at      REAL NOT NULL
+        );
+        CREATE TABLE approvals (
+            kind         TEXT NOT NULL,
+            content_hash BLOB NOT NULL,
+            actor        TEXT NOT NULL,
+            expires_at   REAL NOT NULL,
+            PRIMARY KEY (kind, content_hash)
+        );
+        CREATE TABLE keys (
+            name        TEXT NOT NULL,
+            epoch       INTEGER NOT NULL,
+            ciphersuite TEXT NOT NULL,
+            group_key   BLOB NOT NULL,
+            fingerprint TEXT NOT NULL,
+            threshold   INTEGER NOT NULL,
+            state       TEXT NOT NULL CHECK (state IN ('pending', 'active', 'retired')),
+            ceremony_id TEXT NOT NULL,
+            created_at  REAL NOT NULL,
+            PRIMARY KEY (name, epoch)
+        );
+        """,
+    ),
+]

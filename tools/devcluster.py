@@ -1,0 +1,265 @@
+"""A local cluster of wire-mpcd processes on loopback, for development, tests and the demo.
+
+Each node gets its own directory: a SoftHSM2 token (provisioned through `python -m hsm`),
+a credentials directory standing in for systemd credentials (HSM PINs, CURVE secret key),
+its data directory (vault and SQLite) and its configuration file. Nothing is shared
+between nodes but the configuration's public parts.
+
+    python -m tools.devcluster up --dir /tmp/wire-dev --parties 3 --threshold 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from appliance.control import EngineClient, EngineError
+from hsm.config import SOFTHSM_MODULE
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_ports(count: int) -> list[int]:
+    sockets, ports = [], []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        sockets.append(s)
+        ports.append(s.getsockname()[1])
+    for s in sockets:
+        s.close()
+    return ports
+
+
+class DevNode:
+    def __init__(self, cluster: DevCluster, identifier: int, port: int) -> None:
+        self.cluster = cluster
+        self.identifier = identifier
+        self.node_id = f"node-{identifier}"
+        self.root = cluster.root / self.node_id
+        self.port = port
+        self.socket = cluster.socket_dir / f"{identifier}.sock"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.curve_public = ""
+        self.identity_public = ""
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "wire-mpcd.log"
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WIRE_MPC_")}
+        env.update(
+            {
+                "CREDENTIALS_DIRECTORY": str(self.root / "credentials"),
+                "SOFTHSM2_CONF": str(self.root / "softhsm2.conf"),
+                "PYTHONPATH": str(REPO),
+            }
+        )
+        if "WIRE_MPC_PRIVATE_JOURNAL" in os.environ:
+            env["WIRE_MPC_PRIVATE_JOURNAL"] = os.environ["WIRE_MPC_PRIVATE_JOURNAL"]
+        return env
+
+    def prepare(self) -> None:
+        """Token, credentials and keys of this node (its configuration comes later)."""
+        tokens = self.root / "tokens"
+        tokens.mkdir(parents=True)
+        (self.root / "softhsm2.conf").write_text(
+            f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n"
+        )
+        credentials = self.root / "credentials"
+        credentials.mkdir(mode=0o700)
+        public, secret = zmq.curve_keypair()
+        self.curve_public = public.decode()
+        for name, value in (
+            ("hsm-pin", secrets.token_hex(8)),
+            ("hsm-so-pin", secrets.token_hex(8)),
+            ("curve-secret-key", secret.decode()),
+        ):
+            path = credentials / name
+            path.write_text(value + "\n")
+            path.chmod(0o600)
+        run = subprocess.run(
+            [
+                sys.executable, "-m", "hsm", "--json", "provision",
+                "--module", str(SOFTHSM_MODULE), "--token-label", self.node_id,
+            ],  # fmt: skip
+            env=self.environment(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if run.returncode != 0:
+            raise RuntimeError(f"provisioning {self.node_id} failed: {run.stderr.strip()}")
+        self.identity_public = json.loads(run.stdout)["identity_public_key"]
+
+    def party(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "identifier": self.identifier,
+            "address": f"127.0.0.1:{self.port}",
+            "curve_public_key": self.curve_public,
+            "identity_public_key": self.identity_public,
+        }
+
+    def write_config(self, parties: list[dict[str, Any]]) -> None:
+        config = {
+            "cluster_id": self.cluster.cluster_id,
+            "node_id": self.node_id,
+            "threshold": self.cluster.threshold,
+            "parties": parties,
+            "mesh": {"listen": f"127.0.0.1:{self.port}"},
+            "paths": {"data_dir": str(self.data_dir), "engine_socket": str(self.socket)},
+            "hsm": {"module": str(SOFTHSM_MODULE), "token_label": self.node_id},
+            "ceremony": {"round_timeout_seconds": self.cluster.round_timeout},
+        }
+        self.config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+    def start(self, command: list[str] | None = None) -> None:
+        argv = command or [sys.executable, "-m", "appliance.daemon"]
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(  # noqa: S603 - our own daemon, fixed argv
+            [*argv, "--config", str(self.config_path)],
+            env=self.environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, kill: bool = False, timeout: float = 15.0) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def client(self, actor: str = "devcluster") -> EngineClient:
+        return EngineClient(self.socket, actor=actor, role="operator")
+
+    def call(self, method: str, timeout: float | None = 120.0, **params: Any) -> Any:
+        return self.client().call_sync(method, timeout, **params)
+
+    def wait_ready(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if not self.running():
+                raise RuntimeError(
+                    f"{self.node_id} exited: {self.log_path.read_text()[-2000:]}"
+                )
+            try:
+                self.call("status", timeout=5)
+                return
+            except (OSError, EngineError):
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.node_id} did not answer within the deadline")
+
+
+class DevCluster:
+    def __init__(
+        self,
+        root: Path,
+        parties: int = 3,
+        threshold: int = 2,
+        round_timeout: float = 10.0,
+        cluster_id: str = "wire-dev",
+    ) -> None:
+        self.root = root
+        self.threshold = threshold
+        self.round_timeout = round_timeout
+        self.cluster_id = cluster_id
+        # Unix socket paths are limited to 108 bytes: keep them short.
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="wire-", dir="/tmp"))
+        ports = free_ports(parties)
+        self.nodes = {i: DevNode(self, i, ports[i - 1]) for i in range(1, parties + 1)}
+
+    def __getitem__(self, identifier: int) -> DevNode:
+        return self.nodes[identifier]
+
+    def create(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for node in self.nodes.values():
+            node.prepare()
+        parties = [node.party() for node in self.nodes.values()]
+        for node in self.nodes.values():
+            node.write_config(parties)
+
+    def start(self, identifiers: Iterable[int] | None = None, timeout: float = 60.0) -> None:
+        chosen = [self.nodes[i] for i in (identifiers or self.nodes)]
+        for node in chosen:
+            node.start()
+        deadline = time.monotonic() + timeout
+        for node in chosen:
+            node.wait_ready(deadline)
+
+    def stop(self, identifiers: Iterable[int] | None = None, kill: bool = False) -> None:
+        for i in identifiers or list(self.nodes):
+            self.nodes[i].stop(kill=kill)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    def __enter__(self) -> DevCluster:
+        self.create()
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="run a local wire-mpc cluster")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="create and start a cluster, run until Ctrl-C")
+    up.add_argument("--dir", type=Path, required=True)
+    up.add_argument("--parties", type=int, default=3)
+    up.add_argument("--threshold", type=int, default=2)
+    args = parser.parse_args()
+    if args.dir.exists():
+        print(f"{args.dir} exists; choose a new directory", file=sys.stderr)
+        return 1
+    with DevCluster(args.dir, args.parties, args.threshold) as cluster:
+        for node in cluster.nodes.values():
+            print(f"{node.node_id}: control socket {node.socket}, log {node.log_path}")
+        print("running; Ctrl-C stops every node")
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
