@@ -11,6 +11,7 @@ between nodes but the configuration's public parts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -103,9 +104,16 @@ class DevNode:
             path.chmod(0o600)
         run = subprocess.run(
             [
-                sys.executable, "-m", "hsm", "--json", "provision",
-                "--module", str(SOFTHSM_MODULE), "--token-label", self.node_id,
-            ],  # fmt: skip
+                sys.executable,
+                "-m",
+                "hsm",
+                "--json",
+                "provision",
+                "--module",
+                str(SOFTHSM_MODULE),
+                "--token-label",
+                self.node_id,
+            ],
             env=self.environment(),
             capture_output=True,
             text=True,
@@ -141,7 +149,7 @@ class DevNode:
     def start(self, command: list[str] | None = None) -> None:
         argv = command or [sys.executable, "-m", "appliance.daemon"]
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(  # noqa: S603 - our own daemon, fixed argv
+        self.process = subprocess.Popen(
             [*argv, "--config", str(self.config_path)],
             env=self.environment(),
             stdout=log,
@@ -174,9 +182,7 @@ class DevNode:
     def wait_ready(self, deadline: float) -> None:
         while time.monotonic() < deadline:
             if not self.running():
-                raise RuntimeError(
-                    f"{self.node_id} exited: {self.log_path.read_text()[-2000:]}"
-                )
+                raise RuntimeError(f"{self.node_id} exited: {self.log_path.read_text()[-2000:]}")
             try:
                 self.call("status", timeout=5)
                 return
@@ -254,10 +260,8 @@ def main() -> int:
         for node in cluster.nodes.values():
             print(f"{node.node_id}: control socket {node.socket}, log {node.log_path}")
         print("running; Ctrl-C stops every node")
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
-        except KeyboardInterrupt:
-            pass
     return 0
 
 
