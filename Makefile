@@ -3,7 +3,7 @@
 
 VENV          := .venv
 PY            := $(VENV)/bin/python
-APT_PACKAGES  := softhsm2 libsystemd-dev pkg-config python3-dev gcc
+APT_PACKAGES  := softhsm2 systemd libsystemd-dev pkg-config python3-dev gcc
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: all demo test lint typecheck unit bench lock venv clean
@@ -13,8 +13,10 @@ all: test
 venv:
 	@tools/bootstrap $(VENV) requirements-dev.lock $(APT_PACKAGES)
 
+# Tests and the demo run beside a private journald (tools/with-journald), so the nodes'
+# audit records are real and the host's journal is untouched.
 demo: venv
-	$(PY) tools/demo.py
+	tools/with-journald $(PY) tools/demo.py
 
 test: lint typecheck unit
 
@@ -23,10 +25,10 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 
 typecheck: venv
-	$(VENV)/bin/mypy appliance/frost hsm
+	$(VENV)/bin/mypy appliance hsm
 
 unit: venv
-	$(PY) -m pytest
+	tools/with-journald $(PY) -m pytest
 
 bench: venv
 	$(PY) bench/frost.py --output bench/results/frost.json

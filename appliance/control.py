@@ -199,20 +199,23 @@ class EngineClient:
         self.role = role
         self._counter = 0
 
-    async def call(self, method: str, timeout: float | None = None, **params: Any) -> Any:
+    async def call(
+        self, method: str, params: dict[str, Any] | None = None, within: float | None = None
+    ) -> Any:
+        """Send one request and return its result; `within` bounds the wait (seconds)."""
         reader, writer = await asyncio.open_unix_connection(str(self.path), limit=16 << 20)
         try:
             self._counter += 1
             request = {
                 "id": self._counter,
                 "method": method,
-                "params": params,
+                "params": params or {},
                 "actor": self.actor,
                 "role": self.role,
             }
             writer.write(json.dumps(request).encode() + b"\n")
             await writer.drain()
-            line = await asyncio.wait_for(reader.readline(), timeout)
+            line = await asyncio.wait_for(reader.readline(), within)
         finally:
             writer.close()
         if not line:
@@ -222,5 +225,7 @@ class EngineClient:
             raise EngineError(answer["error"]["code"], answer["error"]["message"])
         return answer["result"]
 
-    def call_sync(self, method: str, timeout: float | None = None, **params: Any) -> Any:
-        return asyncio.run(self.call(method, timeout, **params))
+    def call_sync(
+        self, method: str, params: dict[str, Any] | None = None, within: float | None = None
+    ) -> Any:
+        return asyncio.run(self.call(method, params, within))

@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from appliance.audit import AuditUnavailableError, audit
-from appliance.ceremony.base import BRIDGE_KEYS, Ceremony
+from appliance.ceremony.base import BRIDGE_KEYS, Ceremony, MalformedPayload
 from appliance.ceremony.dkg import DkgCeremony
 from appliance.ceremony.refresh import RefreshCeremony
 from appliance.ceremony.requests import (
@@ -23,9 +23,13 @@ from appliance.ceremony.requests import (
     message_digest,
     test_signing_request,
 )
-from appliance.ceremony.signing import SigningCoordinator, SigningParticipant
+from appliance.ceremony.signing import (
+    SigningCoordinator,
+    SigningParticipant,
+    judge_share_blame,
+)
 from appliance.config import NodeConfig
-from appliance.frost import KeyShare
+from appliance.frost import KeyShare, PublicKeyPackage
 from appliance.mesh.envelope import Envelope
 from appliance.mesh.transport import Mesh
 from appliance.store import Store
@@ -89,6 +93,12 @@ class Engine:
             raise CommandError("no-key", f"this node holds no active {key_name} key; run the DKG")
         return self.vault.open(self.keystore, f"{key_name}-{key.epoch}")
 
+    def public_package(self, key_name: str) -> PublicKeyPackage:
+        key = self.store.active_key(key_name)
+        if key is None:
+            raise CommandError("no-key", f"this node holds no active {key_name} key; run the DKG")
+        return self.vault.load(f"{key_name}-{key.epoch}").public
+
     def group_key(self, key_name: str) -> bytes:
         key = self.store.active_key(key_name)
         if key is None:
@@ -101,6 +111,9 @@ class Engine:
     # -- routing ---------------------------------------------------------------------------
     def deliver(self, envelope: Envelope) -> None:
         """Every envelope the mesh accepted lands here."""
+        if envelope.round == "sign.blame":
+            self._judge_blame(envelope)
+            return
         ceremony = self.ceremonies.get(envelope.ceremony_id)
         if ceremony is not None:
             ceremony.receive(envelope)
@@ -141,6 +154,24 @@ class Engine:
             )
             return
         ceremony.receive(envelope)
+
+    def _judge_blame(self, envelope: Envelope) -> None:
+        """A coordinator names a signer of a bad share: check the evidence ourselves."""
+        try:
+            blame = judge_share_blame(self, envelope.sender, json.loads(envelope.payload))
+        except (MalformedPayload, ValueError, KeyError, TypeError, CommandError) as exc:
+            self.refuse(
+                "mesh.message-rejected",
+                "malformed",
+                {"peer": str(envelope.sender), "detail": f"sign.blame: {exc}"},
+            )
+            return
+        self.store.record_blame(envelope.ceremony_id, blame.participant, blame.reason, {})
+        self.audit(
+            "ceremony.blame", "failure",
+            f"participant {blame.participant} is faulty: {blame.reason}",
+            ceremony=envelope.ceremony_id, participant=blame.participant, reason=blame.reason,
+        )  # fmt: skip
 
     def _hold(self, envelope: Envelope) -> None:
         """Keep early DKG/refresh messages until this node's operator consents (bounded)."""

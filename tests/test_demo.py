@@ -1,7 +1,9 @@
-"""`make demo` runs and every signature it prints verifies independently."""
+"""`make demo` runs a local cluster end to end, and every signature it prints verifies
+independently."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -13,6 +15,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from .conftest import REPO
 
 
+def tagged(tag: str, data: bytes) -> bytes:
+    prefix = hashlib.sha256(tag.encode()).digest()
+    return hashlib.sha256(prefix + prefix + data).digest()
+
+
 def test_demo_prints_verifiable_signatures() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     run = subprocess.run(
@@ -20,16 +27,23 @@ def test_demo_prints_verifiable_signatures() -> None:
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
-        check=True,
+        timeout=300,
+        check=False,
     )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     summary = json.loads(run.stdout.split("Summary (JSON):", 1)[1])
-    assert [(r["threshold"], r["parties"]) for r in summary["runs"]] == [(2, 3), (3, 5)]
-    for r in summary["runs"]:
-        a, c = r["attestation"], r["custody"]
-        Ed25519PublicKey.from_public_bytes(bytes.fromhex(a["group_key"])).verify(
-            bytes.fromhex(a["signature"]), bytes.fromhex(a["message"])
-        )
-        key = PublicKeyXOnly(bytes.fromhex(c["output_key_xonly"]))
-        assert key.verify(bytes.fromhex(c["signature"]), bytes.fromhex(c["message"]))
-        assert r["fewer_than_threshold_refused"]
+    assert summary["same_keys_on_every_node"]
+    assert summary["signers"] == [1, 2]
+    message = summary["test_message"].encode()
+    attestation = bytes.fromhex(summary["group_keys"]["attestation"])
+    Ed25519PublicKey.from_public_bytes(attestation).verify(
+        bytes.fromhex(summary["signatures"]["attestation"]), b"wire-mpc test-signing v1\0" + message
+    )
+    internal = bytes.fromhex(summary["group_keys"]["custody"])[1:]
+    output = PublicKeyXOnly(internal)
+    output.tweak_add(tagged("TapTweak", internal))
+    digest = tagged("wire-mpc/test-signing", message)
+    assert output.verify(bytes.fromhex(summary["signatures"]["custody"]), digest)
+    # The demo leaves nothing running: no wire-mpcd of its cluster is alive.
+    alive = subprocess.run(["pgrep", "-f", "wire-demo-"], capture_output=True, check=False)
+    assert alive.stdout == b""

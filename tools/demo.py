@@ -1,132 +1,127 @@
-"""`make demo`: threshold signing with both of the bridge's keys, 2-of-3 and 3-of-5.
+"""`make demo`: a local 2-of-3 cluster of wire-mpc nodes, from provisioning to signatures.
 
-Keys come from a trusted-dealer split (the appliance itself uses a DKG). Every signature
-is checked by verifiers that share no code with the signer: OpenSSL's Ed25519 (through
-`cryptography`) for the attestation key, libsecp256k1's BIP340 for the custody key.
+Three wire-mpcd processes on loopback, each with its own SoftHSM2 token, database, CURVE
+keys and configuration: the nodes run the DKG of both keys, compare the keys, and sign a
+test message with both. Every signature is then checked by verifiers that share no code
+with the nodes: OpenSSL's Ed25519 (through `cryptography`) and libsecp256k1's BIP340.
+Nothing is left running.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import sys
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 from coincurve import PublicKeyXOnly
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from appliance.frost import (
-    ED25519_SHA512,
-    SECP256K1_TR,
-    Ciphersuite,
-    KeyShare,
-    PublicKeyPackage,
-    SigningPackage,
-    Tweak,
-    aggregate,
-    commit,
-    sign,
-    signing_key,
-    taproot_tweak,
-    trusted_dealer_keygen,
-)
+from tools.devcluster import DevCluster
+
+MESSAGE = "wire-mpc demo: the cluster is ready"
 
 
-def threshold_sign(
-    shares: dict[int, KeyShare],
-    public: PublicKeyPackage,
-    signers: list[int],
-    message: bytes,
-    tweaks: list[Tweak],
-) -> tuple[bytes, float]:
-    suite: Ciphersuite = public.suite
-    start = time.perf_counter()
-    nonces = {i: commit(shares[i]) for i in signers}
-    package = SigningPackage.create(
-        suite, message, [n.commitments for n in nonces.values()], tweaks
-    )
-    sig_shares = [sign(package, nonces[i], shares[i]) for i in signers]
-    signature = aggregate(package, sig_shares, public)
-    return signature, (time.perf_counter() - start) * 1e3
+def tagged(tag: str, data: bytes) -> bytes:
+    prefix = hashlib.sha256(tag.encode()).digest()
+    return hashlib.sha256(prefix + prefix + data).digest()
 
 
-def ed25519_valid(key: bytes, message: bytes, signature: bytes) -> bool:
+def step(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def verify(keys: dict[str, Any], message: bytes, signatures: list[str]) -> dict[str, bool]:
+    attestation = Ed25519PublicKey.from_public_bytes(bytes.fromhex(keys["attestation"]))
     try:
-        Ed25519PublicKey.from_public_bytes(key).verify(signature, message)
+        attestation.verify(bytes.fromhex(signatures[0]), b"wire-mpc test-signing v1\0" + message)
+        attestation_ok = True
     except InvalidSignature:
-        return False
-    return True
-
-
-def demo(threshold: int, parties: int, signers: list[int]) -> dict[str, object]:
-    print(f"\n== {threshold}-of-{parties}: keys split by a dealer among nodes 1..{parties}")
-    attestation_shares, attestation = trusted_dealer_keygen(ED25519_SHA512, threshold, parties)
-    custody_shares, custody = trusted_dealer_keygen(SECP256K1_TR, threshold, parties)
-    output_tweaks = [taproot_tweak(custody.group_key)]
-    output_key = signing_key(custody, output_tweaks).key
-    print(f"   attestation key (Ed25519):            {attestation.group_key.hex()}")
-    print(f"   custody internal key (secp256k1):     {custody.group_key.hex()}")
-    print(f"   custody output key (Taproot, x-only): {output_key[1:].hex()}")
-
-    attestation_message = b"wire-mpc demo attestation: 0.5 BTC to wire:alice"
-    sig_a, ms_a = threshold_sign(attestation_shares, attestation, signers, attestation_message, [])
-    ok_a = ed25519_valid(attestation.group_key, attestation_message, sig_a)
-    print(f"   nodes {signers} sign an attestation: {sig_a.hex()[:32]}… {ms_a:.2f} ms")
-    print(f"     OpenSSL Ed25519 verifies it: {ok_a}")
-
-    spend_digest = hashlib.sha256(b"wire-mpc demo withdrawal sighash").digest()
-    sig_c, ms_c = threshold_sign(custody_shares, custody, signers, spend_digest, output_tweaks)
-    ok_c = PublicKeyXOnly(output_key[1:]).verify(sig_c, spend_digest)
-    print(f"   nodes {signers} sign a Taproot key-path digest: {sig_c.hex()[:32]}… {ms_c:.2f} ms")
-    print(f"     libsecp256k1 BIP340 verifies it under the output key: {ok_c}")
-
-    fewer = signers[: threshold - 1]
-    try:
-        threshold_sign(custody_shares, custody, fewer, spend_digest, output_tweaks)
-        refused = False
-    except ValueError as exc:
-        refused = True
-        print(f"   nodes {fewer} alone are refused: {exc}")
-
-    for share in [*attestation_shares.values(), *custody_shares.values()]:
-        share.wipe()
+        attestation_ok = False
+    internal = bytes.fromhex(keys["custody"])[1:]
+    output = PublicKeyXOnly(internal)
+    output.tweak_add(tagged("TapTweak", internal))
+    custody_ok = output.verify(
+        bytes.fromhex(signatures[1]), tagged("wire-mpc/test-signing", message)
+    )
     return {
-        "threshold": threshold,
-        "parties": parties,
-        "signers": signers,
-        "attestation": {
-            "group_key": attestation.group_key.hex(),
-            "message": attestation_message.hex(),
-            "signature": sig_a.hex(),
-            "verified_by_openssl_ed25519": ok_a,
-            "signing_ms": round(ms_a, 3),
-        },
-        "custody": {
-            "internal_key": custody.group_key.hex(),
-            "output_key_xonly": output_key[1:].hex(),
-            "message": spend_digest.hex(),
-            "signature": sig_c.hex(),
-            "verified_by_libsecp256k1_bip340": ok_c,
-            "signing_ms": round(ms_c, 3),
-        },
-        "fewer_than_threshold_refused": refused,
+        "attestation_openssl_ed25519": attestation_ok,
+        "custody_libsecp256k1_bip340": custody_ok,
     }
 
 
 def main() -> int:
-    print("wire-mpc demo: threshold signing with the attestation and custody keys")
-    runs = [demo(2, 3, [1, 3]), demo(3, 5, [2, 4, 5])]
-    summary = {"demo": "threshold signing, dealer split", "runs": runs}
+    root = Path(tempfile.mkdtemp(prefix="wire-demo-"))
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    cluster = DevCluster(root, parties=3, threshold=2)
+    try:
+        step("provisioning three nodes: SoftHSM2 tokens, identity keys, CURVE keys, configs")
+        cluster.create()
+        timings["provision_s"] = round(time.perf_counter() - started, 2)
+        for node in cluster.nodes.values():
+            print(f"   {node.node_id}: identity {node.identity_public[:16]}…  port {node.port}")
+
+        step("starting wire-mpcd on every node")
+        mark = time.perf_counter()
+        cluster.start()
+        timings["start_s"] = round(time.perf_counter() - mark, 2)
+        report = cluster[1].call("test-communication")
+        for peer, state in report["peers"].items():
+            print(f"   node-1 -> {peer}: authenticated {state['authenticated']}, "
+                  f"round trip {state['round_trip_ms']} ms")  # fmt: skip
+
+        step("distributed key generation of both keys (each operator consents on its node)")
+        mark = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            results = list(
+                pool.map(lambda n: n.call("dkg", ceremony_id="demo-dkg"), cluster.nodes.values())
+            )
+        timings["dkg_s"] = round(time.perf_counter() - mark, 3)
+        if any(r["state"] != "completed" for r in results):
+            print(json.dumps(results, indent=2))
+            return 1
+        infos = [node.call("key-info") for node in cluster.nodes.values()]
+        keys = {name: infos[0]["keys"][name][0]["group_key"] for name in ("attestation", "custody")}
+        same = all({n: i["keys"][n][0]["group_key"] for n in keys} == keys for i in infos)
+        for name in keys:
+            fingerprint = infos[0]["keys"][name][0]["fingerprint"]
+            print(f"   {name:11} key {keys[name]}  fingerprint {fingerprint}")
+        print(f"   every node reports the same keys: {same}")
+
+        step(f"test signing with both keys by nodes 1 and 2: {MESSAGE!r}")
+        cluster[2].call("test-signing", message=MESSAGE, coordinate=False)
+        mark = time.perf_counter()
+        signed = cluster[1].call("test-signing", message=MESSAGE)
+        timings["signing_ms"] = round((time.perf_counter() - mark) * 1e3, 2)
+        if signed["state"] != "completed":
+            print(json.dumps(signed, indent=2))
+            return 1
+        checks = verify(keys, MESSAGE.encode(), signed["signatures"])
+        print(f"   attestation signature {signed['signatures'][0][:32]}…")
+        print(f"   custody signature     {signed['signatures'][1][:32]}…")
+        print(f"   independent verification: {checks}")
+    finally:
+        cluster.close()
+    print("\nall nodes stopped")
+    summary = {
+        "demo": "local 2-of-3 cluster: DKG and test signing",
+        "group_keys": keys,
+        "same_keys_on_every_node": same,
+        "test_message": MESSAGE,
+        "signers": signed["signers"],
+        "signatures": {"attestation": signed["signatures"][0], "custody": signed["signatures"][1]},
+        "verified": checks,
+        "timings": timings,
+    }
     print("\nSummary (JSON):")
     print(json.dumps(summary, indent=2))
-    ok = all(
-        r["attestation"]["verified_by_openssl_ed25519"]  # type: ignore[index]
-        and r["custody"]["verified_by_libsecp256k1_bip340"]  # type: ignore[index]
-        and r["fewer_than_threshold_refused"]
-        for r in runs
-    )
-    return 0 if ok else 1
+    return 0 if same and all(checks.values()) else 1
 
 
 if __name__ == "__main__":

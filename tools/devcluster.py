@@ -176,15 +176,16 @@ class DevNode:
     def client(self, actor: str = "devcluster") -> EngineClient:
         return EngineClient(self.socket, actor=actor, role="operator")
 
-    def call(self, method: str, timeout: float | None = 120.0, **params: Any) -> Any:
-        return self.client().call_sync(method, timeout, **params)
+    def call(self, method: str, within: float | None = 120.0, **params: Any) -> Any:
+        """Call a control method; `within` bounds the wait for its answer."""
+        return self.client().call_sync(method, params, within)
 
     def wait_ready(self, deadline: float) -> None:
         while time.monotonic() < deadline:
             if not self.running():
                 raise RuntimeError(f"{self.node_id} exited: {self.log_path.read_text()[-2000:]}")
             try:
-                self.call("status", timeout=5)
+                self.call("status", within=5)
                 return
             except (OSError, EngineError):
                 time.sleep(0.05)

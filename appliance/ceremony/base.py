@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from appliance.config import NodeConfig
-from appliance.frost import ED25519_SHA512, SECP256K1_TR, Ciphersuite, KeyShare
+from appliance.frost import ED25519_SHA512, SECP256K1_TR, Ciphersuite, KeyShare, PublicKeyPackage
 from appliance.mesh.envelope import Envelope
 from appliance.store import Store
 from hsm.keystore import Keystore
@@ -95,6 +95,8 @@ class NodeServices(Protocol):
         ...
 
     def group_key(self, key_name: str) -> bytes: ...
+
+    def public_package(self, key_name: str) -> PublicKeyPackage: ...
 
     def approved(self, kind: str, content_hash: bytes, now: float) -> bool: ...
 
@@ -172,6 +174,7 @@ class Ceremony:
         self.me = node.config.me.identifier
         self.parties = [p.identifier for p in node.config.parties]
         self.started = time.monotonic()
+        self._named: set[tuple[int, str]] = set()
 
     # -- messages --------------------------------------------------------------------
     def deadline(self, rounds: float = 1.0) -> float:
@@ -235,6 +238,18 @@ class Ceremony:
         return [w for w in wanted if w not in have]
 
     # -- outcome ---------------------------------------------------------------------------
+    def name_culprit(self, blame: Blame) -> None:
+        """Record and audit a participant proven faulty (once per ceremony and reason)."""
+        if (blame.participant, blame.reason) in self._named:
+            return
+        self._named.add((blame.participant, blame.reason))
+        self.node.store.record_blame(self.id, blame.participant, blame.reason, blame.evidence)
+        self.node.audit(
+            "ceremony.blame", "failure",
+            f"participant {blame.participant} is faulty: {blame.reason}",
+            ceremony=self.id, participant=blame.participant, reason=blame.reason,
+        )  # fmt: skip
+
     async def execute(self) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -250,12 +265,7 @@ class Ceremony:
             detail = await self.execute()
         except CeremonyFailed as failure:
             for blame in failure.blamed:
-                store.record_blame(self.id, blame.participant, blame.reason, blame.evidence)
-                self.node.audit(
-                    "ceremony.blame", "failure",
-                    f"participant {blame.participant} is faulty: {blame.reason}",
-                    ceremony=self.id, participant=blame.participant, reason=blame.reason,
-                )  # fmt: skip
+                self.name_culprit(blame)
             detail = {
                 "reason": failure.reason,
                 "missing": failure.missing,

@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from appliance.frost import (
+    FaultyParticipantError,
     FrostError,
     InvalidSignatureSharesError,
     KeyShare,
@@ -32,14 +33,18 @@ from appliance.frost import (
     commit,
     sign,
     signing_key,
+    verify_signature_share,
 )
+from appliance.mesh.envelope import open_envelope
 from appliance.store import StoreError
-from appliance.strictjson import StrictObject, as_hex, as_integer, as_list
+from appliance.strictjson import StrictObject, as_hex, as_integer, as_list, hex_of
 
 from .base import Blame, Ceremony, CeremonyFailed, MalformedPayload, NodeServices
 from .requests import POLICIES, SigningRefused, SigningRequest
 
-__all__ = ["SigningCoordinator", "SigningParticipant", "check_policy"]
+__all__ = ["SigningCoordinator", "SigningParticipant", "check_policy", "judge_share_blame"]
+
+SELECTION_GRACE = 0.05  # seconds to wait for slower participants once enough committed
 
 
 def check_policy(node: Any, request: SigningRequest) -> None:
@@ -159,13 +164,17 @@ class SigningCoordinator(_SigningCeremony):
     async def _commitments(
         self, attempt: int, asked: list[int], needed: int
     ) -> tuple[dict[int, list[tuple[bytes, bytes]]], dict[int, str], list[Blame]]:
-        """The first `needed` participants to commit (waiting at most one round)."""
+        """Commitments of `needed` participants, preferring the lowest identifiers.
+
+        Waits until everyone asked has answered, or for a short grace once enough have, or
+        at most one round; so a live cluster always picks the same signers.
+        """
         deadline = self.deadline()
         commits: dict[int, list[tuple[bytes, bytes]]] = {}
         declined: dict[int, str] = {}
         blamed: list[Blame] = []
         seen: set[int] = set()
-        while len(commits) < needed and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             round_commit = self.inbox.get(f"sign.commit.{attempt}")
             round_decline = self.inbox.get(f"sign.decline.{attempt}")
             for sender, envelope in round_commit.items():
@@ -188,6 +197,8 @@ class SigningCoordinator(_SigningCeremony):
                 declined[sender] = str(_json(envelope.payload).get("reason", "declined"))[:200]
             if seen >= set(asked):
                 break
+            if len(commits) >= needed:
+                deadline = min(deadline, time.monotonic() + SELECTION_GRACE)
             await self.inbox.wait(deadline)
         chosen = dict(sorted(commits.items())[:needed])
         return chosen, declined, blamed
@@ -226,7 +237,9 @@ class SigningCoordinator(_SigningCeremony):
                     blamed=blamed,
                 )
             others = [p for p in candidates if p != self.me]
-            self.broadcast(others, f"sign.request.{attempt}", {"request": request.to_json()})
+            request_raw = self.broadcast(
+                others, f"sign.request.{attempt}", {"request": request.to_json()}
+            )
             my_nonces = self.nonces()
             commits, refused, bad = await self._commitments(attempt, others, t - 1)
             blamed += bad
@@ -252,7 +265,7 @@ class SigningCoordinator(_SigningCeremony):
                 "signers": signers,
                 "commitments": {str(s): [[h.hex(), b.hex()] for h, b in pairs[s]] for s in signers},
             }
-            self.broadcast(signers, f"sign.package.{attempt}", package_payload)
+            package_raw = self.broadcast(signers, f"sign.package.{attempt}", package_payload)
             try:
                 packages = self.packages(pairs)
             except FrostError as exc:
@@ -289,15 +302,18 @@ class SigningCoordinator(_SigningCeremony):
                 signatures = self._aggregate(packages, signers, shares_by_signer)
             except InvalidSignatureSharesError as exc:
                 for culprit in exc.participants:
-                    envelope = self.inbox.get(f"sign.share.{attempt}").get(culprit)
-                    blamed.append(
-                        Blame(
-                            culprit,
-                            "invalid signature share",
-                            {"envelope": envelope.raw.hex() if envelope else ""},
-                        )
-                    )
+                    share_raw = self.inbox.get(f"sign.share.{attempt}")[culprit].raw
+                    evidence = {
+                        "request": request_raw.hex(),
+                        "package": package_raw.hex(),
+                        "share": share_raw.hex(),
+                    }
+                    blame = Blame(culprit, "invalid signature share", evidence)
+                    blamed.append(blame)
+                    self.name_culprit(blame)
                     excluded[culprit] = "invalid signature share"
+                    # Every party checks the evidence itself and names the culprit too.
+                    self.broadcast(self.parties, "sign.blame", evidence)
                 continue
             self.broadcast(
                 participants, "sign.result", {"signatures": [s.hex() for s in signatures]}
@@ -477,3 +493,48 @@ def _decode_package(
         raise MalformedPayload("commitments must be given for exactly the signers")
     commitments = {int(k): _pairs(v, f"commitments.{k}") for k, v in commitments_value.items()}
     return signers, dict(sorted(commitments.items()))
+
+
+def judge_share_blame(node: NodeServices, coordinator: int, evidence: Any) -> Blame:
+    """Check a coordinator's claim that a signer sent a bad share, from the signed envelopes
+    alone: the request and package signed by the coordinator, the share by the signer.
+    Names the signer if its share is invalid, the coordinator if the claim is false."""
+    fields = StrictObject(evidence, "blame", MalformedPayload)
+    raws = {k: fields.take(k, hex_of(max_size=1 << 20)) for k in ("request", "package", "share")}
+    fields.done()
+    request_env = open_envelope(raws["request"])
+    package_env = open_envelope(raws["package"])
+    share_env = open_envelope(raws["share"])
+    ceremony = request_env.ceremony_id
+    attempt = request_env.round.rsplit(".", 1)[-1]
+    config = node.config
+    if not (
+        request_env.sender == package_env.sender == coordinator
+        and package_env.ceremony_id == share_env.ceremony_id == ceremony
+        and request_env.round == f"sign.request.{attempt}"
+        and package_env.round == f"sign.package.{attempt}"
+        and share_env.round == f"sign.share.{attempt}"
+        and request_env.signed_by(config.party(coordinator).identity_public_key)
+        and package_env.signed_by(config.party(coordinator).identity_public_key)
+        and share_env.signed_by(config.party(share_env.sender).identity_public_key)
+    ):
+        return Blame(coordinator, "blamed a signer without valid signed evidence")
+    request = SigningRequest.from_json(_json(request_env.payload)["request"])
+    signers, commitments = _decode_package(
+        package_env.payload, share_env.sender, [p.identifier for p in config.parties]
+    )
+    values = _share_decoder(len(request.payloads))(_json(share_env.payload), share_env)
+    culprit = share_env.sender
+    for index, payload in enumerate(request.payloads):
+        public = node.public_package(payload.key)
+        package = SigningPackage.create(
+            public.suite,
+            payload.message,
+            [SigningCommitments(s, *commitments[s][index]) for s in signers],
+            payload.tweaks,
+        )
+        try:
+            verify_signature_share(package, SignatureShare(culprit, values[index]), public)
+        except FaultyParticipantError:
+            return Blame(culprit, "invalid signature share", {"ceremony": ceremony})
+    return Blame(coordinator, f"falsely blamed participant {culprit} for its signature share")

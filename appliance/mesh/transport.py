@@ -119,10 +119,8 @@ class Mesh:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for dealer in self._dealers.values():
             dealer.disable_monitor()
-            dealer.close(linger=0)
-        self._router.close(linger=0)
-        self._zap.close(linger=0)
-        self._context.term()
+        # destroy() closes every socket of the context, monitors included, then terms it.
+        self._context.destroy(linger=0)
 
     # -- sending ---------------------------------------------------------------------------
     def envelope(self, ceremony_id: str, round_name: str, payload: bytes) -> bytes:

@@ -1,0 +1,99 @@
+"""The configuration file is read strictly: every error names its field."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import zmq
+
+from appliance.config import ConfigError, load_config, parse_config
+
+
+def sample() -> dict:
+    parties = []
+    for i in (1, 2, 3):
+        public, _ = zmq.curve_keypair()
+        parties.append(
+            {
+                "node_id": f"node-{i}",
+                "identifier": i,
+                "address": f"10.0.0.{i}:50051",
+                "curve_public_key": public.decode(),
+                "identity_public_key": bytes([i]).hex() * 32,
+            }
+        )
+    return {
+        "cluster_id": "wire-mainnet",
+        "node_id": "node-2",
+        "threshold": 2,
+        "parties": parties,
+        "mesh": {"listen": "0.0.0.0:50051"},
+        "paths": {"data_dir": "/var/lib/wire-mpc", "engine_socket": "/run/wire-mpc/engine.sock"},
+        "hsm": {"module": "/usr/lib/softhsm/libsofthsm2.so", "token_label": "wire-mpc"},
+    }
+
+
+def test_a_good_configuration() -> None:
+    config = parse_config(sample())
+    assert config.me.identifier == 2
+    assert [p.node_id for p in config.peers] == ["node-1", "node-3"]
+    assert config.round_timeout == 10.0
+    assert config.max_message_bytes == 4 << 20
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda c: c.pop("threshold"), "threshold: missing"),
+        (lambda c: c.update(colour="blue"), "colour: unknown field"),
+        (lambda c: c["mesh"].update(port=1), "mesh.port: unknown field"),
+        (
+            lambda c: c["parties"][1].pop("curve_public_key"),
+            r"parties\[1\].curve_public_key: missing",
+        ),
+        (
+            lambda c: c["parties"][0].update(curve_public_key="short"),
+            r"parties\[0\].curve_public_key",
+        ),
+        (
+            lambda c: c["parties"][2].update(identity_public_key="zz"),
+            r"parties\[2\].identity_public_key",
+        ),
+        (lambda c: c["parties"][2].update(identifier=1), "identifier repeated: 1"),
+        (lambda c: c["parties"][0].update(address="nowhere"), r"parties\[0\].address"),
+        (lambda c: c.update(threshold=1), "threshold: 1 must be between 2 and 3"),
+        (lambda c: c.update(threshold=True), "threshold: must be an integer"),
+        (lambda c: c.update(node_id="node-9"), "node_id: 'node-9' is not one of the parties"),
+        (lambda c: c["paths"].update(data_dir="relative/dir"), "paths.data_dir"),
+        (lambda c: c["hsm"].update(pin="1234"), "hsm.pin: unknown field"),
+    ],
+)
+def test_errors_name_the_field(change, field: str) -> None:
+    document = copy.deepcopy(sample())
+    change(document)
+    with pytest.raises(ConfigError, match=field):
+        parse_config(document)
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(tmp_path / "missing.json")
+    broken = tmp_path / "config.json"
+    broken.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(broken)
+    broken.write_text(json.dumps({**sample(), "extra": 1}))
+    with pytest.raises(ConfigError, match=f"{broken}: extra: unknown field"):
+        load_config(broken)
+
+
+def test_the_curve_secret_must_match_the_configured_public_key(monkeypatch) -> None:
+    config = parse_config(sample())
+    _, other_secret = zmq.curve_keypair()
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.setenv("WIRE_MPC_CURVE_SECRET_KEY", other_secret.decode())
+    with pytest.raises(ConfigError, match="does not match this node's curve_public_key"):
+        config.curve_secret_key()
