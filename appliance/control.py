@@ -180,11 +180,18 @@ class ControlServer:
         return await self.engine.key_rotation(params["ceremony_id"], str(params["reason"]))
 
     async def _test_signing(self, params: dict[str, Any], actor: str) -> Any:
-        message = params["message"]
-        if not isinstance(message, str) or not message or len(message) > 1024:
-            raise ValueError("message must be a non-empty string of at most 1024 characters")
+        messages = params["messages"] if "messages" in params else [params["message"]]
+        if not isinstance(messages, list) or not all(
+            isinstance(m, str) and 0 < len(m) <= 1024 for m in messages
+        ):
+            raise ValueError("each message must be a non-empty string of at most 1024 characters")
+        keys = params.get("keys", ["attestation", "custody"])
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ValueError("keys must be a list of key names")
         coordinate = bool(params.get("coordinate", True))
-        return await self.engine.test_signing(message.encode(), coordinate, actor)
+        return await self.engine.test_signing(
+            [m.encode() for m in messages], keys, coordinate, actor
+        )
 
     async def _ceremony(self, params: dict[str, Any], actor: str) -> Any:
         return self.engine.ceremony_info(str(params["ceremony_id"]))

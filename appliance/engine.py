@@ -251,13 +251,21 @@ class Engine:
             raise CommandError("bad-request", "a key rotation needs a reason")
         return await self._start(RefreshCeremony(self, self._ceremony_id(ceremony_id), reason))
 
-    async def test_signing(self, message: bytes, coordinate: bool, actor: str) -> dict[str, Any]:
-        """Approve signing `message` as a test on this node; coordinate the ceremony if asked."""
-        digest = message_digest(message)
-        self.store.approve(TEST_SIGNING, digest, actor, time.time() + APPROVAL_SECONDS)
+    async def test_signing(
+        self, messages: list[bytes], keys: list[str], coordinate: bool, actor: str
+    ) -> dict[str, Any]:
+        """Approve signing `messages` as tests on this node; coordinate if asked to."""
+        if not messages or len(messages) > 500:
+            raise CommandError("bad-request", "test signing takes 1 to 500 messages")
+        if not keys or not set(keys) <= set(BRIDGE_KEYS):
+            raise CommandError("bad-request", f"keys must be among {sorted(BRIDGE_KEYS)}")
+        with self.store.transaction():
+            for message in messages:
+                digest = message_digest(message)
+                self.store.approve(TEST_SIGNING, digest, actor, time.time() + APPROVAL_SECONDS)
         if not coordinate:
-            return {"approved": True, "message": message.hex()}
-        request = test_signing_request(self, f"test-signing-{digest.hex()[:32]}", message)
+            return {"approved": True, "messages": len(messages)}
+        request = test_signing_request(self, messages, sorted(set(keys)))
         ceremony_id = f"sign-{uuid.uuid4().hex[:20]}"
         return await self._start(SigningCoordinator(self, ceremony_id, request))
 

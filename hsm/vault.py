@@ -183,6 +183,8 @@ class ShareVault:
         self.directory = directory
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
+        # Parsed records by file identity: decoding a public package checks every element.
+        self._parsed: dict[str, tuple[tuple[int, int, int], ShareRecord]] = {}
 
     def _path(self, key_name: str) -> Path:
         if not _KEY_NAME.match(key_name):
@@ -194,9 +196,17 @@ class ShareVault:
 
     def load(self, key_name: str) -> ShareRecord:
         path = self._path(key_name)
-        if not path.exists():
-            raise VaultError(f"the vault holds no share of key {key_name!r}")
-        return ShareRecord.from_json(path.read_bytes(), str(path))
+        try:
+            status = path.stat()
+        except FileNotFoundError:
+            raise VaultError(f"the vault holds no share of key {key_name!r}") from None
+        identity = (status.st_ino, status.st_mtime_ns, status.st_size)
+        cached = self._parsed.get(key_name)
+        if cached is not None and cached[0] == identity:
+            return cached[1]
+        record = ShareRecord.from_json(path.read_bytes(), str(path))
+        self._parsed[key_name] = (identity, record)
+        return record
 
     def store(
         self,

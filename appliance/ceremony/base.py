@@ -180,21 +180,29 @@ class Ceremony:
     def deadline(self, rounds: float = 1.0) -> float:
         return time.monotonic() + rounds * self.config.round_timeout
 
-    def _envelope(self, round_name: str, payload: dict[str, Any]) -> bytes:
+    def _envelope(self, round_name: str, payload: dict[str, Any], durable: bool) -> bytes:
+        """Sign a new envelope and, unless told otherwise, make it durable in the transcript
+        before it leaves (with everything recorded since the last write)."""
         data = self.node.envelope(self.id, round_name, canonical(payload))
         self.node.store.record_envelope(self.id, "out", self.me, round_name, data)
+        if durable:
+            self.node.store.flush()
         return data
 
     def send(self, identifier: int, round_name: str, payload: dict[str, Any]) -> bytes:
-        data = self._envelope(round_name, payload)
+        data = self._envelope(round_name, payload, durable=True)
         self.node.send(identifier, data)
         return data
 
     def broadcast(
-        self, identifiers: Iterable[int], round_name: str, payload: dict[str, Any]
+        self,
+        identifiers: Iterable[int],
+        round_name: str,
+        payload: dict[str, Any],
+        durable: bool = True,
     ) -> bytes:
         """One signed envelope, sent to every named peer (never to ourselves)."""
-        data = self._envelope(round_name, payload)
+        data = self._envelope(round_name, payload, durable)
         for identifier in identifiers:
             if identifier != self.me:
                 self.node.send(identifier, data)

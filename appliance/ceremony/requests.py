@@ -126,24 +126,31 @@ SigningPolicy = Callable[[PolicyNode, SigningRequest], None]
 """Raises `SigningRefused` unless this node, from its own view, may sign the request."""
 
 
-def _test_signing_payloads(node: PolicyNode, message: bytes) -> tuple[SigningPayload, ...]:
-    """A test message is signed under domain separation by both keys, so test signing can
-    never produce an attestation or a Bitcoin signature hash."""
-    custody = node.group_key("custody")
-    return (
-        SigningPayload("attestation", b"wire-mpc test-signing v1\0" + message),
-        SigningPayload(
-            "custody", tagged_hash("wire-mpc/test-signing", message), (taproot_tweak(custody),)
-        ),
-    )
+def _test_signing_payloads(
+    node: PolicyNode, messages: list[bytes], keys: list[str]
+) -> tuple[SigningPayload, ...]:
+    """Test messages are signed under domain separation, so test signing can never produce
+    an attestation or a Bitcoin signature hash."""
+    payloads = []
+    tweaks = (taproot_tweak(node.group_key("custody")),) if "custody" in keys else ()
+    for message in messages:
+        if "attestation" in keys:
+            payloads.append(SigningPayload("attestation", b"wire-mpc test-signing v1\0" + message))
+        if "custody" in keys:
+            digest = tagged_hash("wire-mpc/test-signing", message)
+            payloads.append(SigningPayload("custody", digest, tweaks))
+    return tuple(payloads)
 
 
-def test_signing_request(node: PolicyNode, request_id: str, message: bytes) -> SigningRequest:
+def test_signing_request(
+    node: PolicyNode, messages: list[bytes], keys: list[str]
+) -> SigningRequest:
+    """Sign `messages` with `keys` as a test; the id names the content, so asking again for
+    the same test is the same request."""
+    detail = {"messages": [m.hex() for m in messages], "keys": sorted(keys)}
+    request_id = "test-signing-" + hashlib.sha256(canonical(detail)).hexdigest()[:32]
     return SigningRequest(
-        request_id,
-        TEST_SIGNING,
-        {"message": message.hex()},
-        _test_signing_payloads(node, message),
+        request_id, TEST_SIGNING, detail, _test_signing_payloads(node, messages, sorted(keys))
     )
 
 
@@ -152,12 +159,17 @@ def message_digest(message: bytes) -> bytes:
 
 
 def check_test_signing(node: PolicyNode, request: SigningRequest) -> None:
-    message = bytes.fromhex(str(request.detail.get("message", "")))
-    if set(request.detail) != {"message"}:
+    if set(request.detail) != {"messages", "keys"}:
         raise SigningRefused("test-signing request carries unexpected facts")
-    if not node.approved(TEST_SIGNING, message_digest(message), time.time()):
-        raise SigningRefused("the local operator has not asked to sign this test message")
-    if request.payloads != _test_signing_payloads(node, message):
+    messages = [bytes.fromhex(str(m)) for m in request.detail["messages"]]
+    keys = list(request.detail["keys"])
+    if not messages or not keys or not set(keys) <= set(BRIDGE_KEYS) or keys != sorted(set(keys)):
+        raise SigningRefused("test-signing request names no message or an unknown key")
+    now = time.time()
+    for message in messages:
+        if not node.approved(TEST_SIGNING, message_digest(message), now):
+            raise SigningRefused("the local operator has not asked to sign this test message")
+    if request.payloads != _test_signing_payloads(node, messages, keys):
         raise SigningRefused("test-signing payloads differ from the ones this node derives")
 
 

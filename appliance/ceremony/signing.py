@@ -166,8 +166,9 @@ class SigningCoordinator(_SigningCeremony):
     ) -> tuple[dict[int, list[tuple[bytes, bytes]]], dict[int, str], list[Blame]]:
         """Commitments of `needed` participants, preferring the lowest identifiers.
 
-        Waits until everyone asked has answered, or for a short grace once enough have, or
-        at most one round; so a live cluster always picks the same signers.
+        Returns as soon as the `needed` lowest-numbered participants that can still answer
+        have committed; waits a short grace for lower-numbered ones once enough have, and
+        at most one round. So a live cluster always picks the same signers.
         """
         deadline = self.deadline()
         commits: dict[int, list[tuple[bytes, bytes]]] = {}
@@ -198,6 +199,9 @@ class SigningCoordinator(_SigningCeremony):
             if seen >= set(asked):
                 break
             if len(commits) >= needed:
+                chosen_top = sorted(commits)[needed - 1]
+                if all(p in seen for p in asked if p < chosen_top):
+                    break  # nobody who could still answer would be preferred
                 deadline = min(deadline, time.monotonic() + SELECTION_GRACE)
             await self.inbox.wait(deadline)
         chosen = dict(sorted(commits.items())[:needed])
@@ -316,7 +320,10 @@ class SigningCoordinator(_SigningCeremony):
                     self.broadcast(self.parties, "sign.blame", evidence)
                 continue
             self.broadcast(
-                participants, "sign.result", {"signatures": [s.hex() for s in signatures]}
+                participants,
+                "sign.result",
+                {"signatures": [s.hex() for s in signatures]},
+                durable=False,  # informational; written with the ceremony's outcome
             )
             return {
                 "request_id": request.request_id,

@@ -56,13 +56,16 @@ class KeyRow:
 
 class Store:
     """One node's database. Every public method is one durable transaction unless it runs
-    inside `transaction()`."""
+    inside `transaction()`. Transcript records and the opening of a ceremony wait in memory
+    and are written with the next transaction (`flush()` forces one): the engine flushes
+    before anything leaves the node, so they cost no commit of their own."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._depth = 0
+        self._deferred: list[tuple[str, tuple[Any, ...]]] = []
         mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal":
             raise StoreError(f"{path}: SQLite refused WAL mode ({mode})")
@@ -71,6 +74,7 @@ class Store:
         self._migrate()
 
     def close(self) -> None:
+        self.flush()
         self._db.close()
 
     @property
@@ -104,10 +108,15 @@ class Store:
             return
         self._db.execute("BEGIN IMMEDIATE")
         self._depth = 1
+        carried, self._deferred = self._deferred, []
         try:
+            for sql, parameters in carried:
+                self._db.execute(sql, parameters)
             yield
         except BaseException:
             self._db.execute("ROLLBACK")
+            # What waited before this transaction waits again; what it queued is dropped.
+            self._deferred = carried
             raise
         else:
             self._db.execute("COMMIT")
@@ -122,14 +131,16 @@ class Store:
     def open_ceremony(
         self, ceremony_id: str, kind: str, role: str, request_id: str | None = None
     ) -> None:
-        try:
-            self._write(
+        """Record a new ceremony (written with the next transaction, before any message)."""
+        if self.ceremony(ceremony_id) is not None:
+            raise StoreError(f"ceremony {ceremony_id!r} exists already")
+        self._deferred.append(
+            (
                 "INSERT INTO ceremonies (id, kind, role, state, request_id, started_at) "
                 "VALUES (?, ?, ?, 'open', ?, ?)",
                 (ceremony_id, kind, role, request_id, time.time()),
             )
-        except sqlite3.IntegrityError as exc:
-            raise StoreError(f"ceremony {ceremony_id!r} exists already") from exc
+        )
 
     def finish_ceremony(self, ceremony_id: str, state: str, detail: dict[str, Any]) -> None:
         self._write(
@@ -138,6 +149,8 @@ class Store:
         )
 
     def ceremony(self, ceremony_id: str) -> CeremonyRow | None:
+        if any(p[0] == ceremony_id for sql, p in self._deferred if "INTO ceremonies" in sql):
+            self.flush()
         row = self._db.execute("SELECT * FROM ceremonies WHERE id = ?", (ceremony_id,)).fetchone()
         return None if row is None else _ceremony(row)
 
@@ -163,13 +176,23 @@ class Store:
     def record_envelope(
         self, ceremony_id: str, direction: str, sender: int, round_name: str, envelope: bytes
     ) -> None:
-        self._write(
-            "INSERT INTO transcript (ceremony_id, direction, sender, round, envelope, recorded_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (ceremony_id, direction, sender, round_name, envelope, time.time()),
+        """Queue an envelope for the transcript; it is written by the next transaction."""
+        self._deferred.append(
+            (
+                "INSERT INTO transcript (ceremony_id, direction, sender, round, envelope,"
+                " recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (ceremony_id, direction, sender, round_name, envelope, time.time()),
+            )
         )
 
+    def flush(self) -> None:
+        """Write the queued records now (durably)."""
+        if self._deferred:
+            with self.transaction():
+                pass
+
     def transcript(self, ceremony_id: str | None = None) -> list[TranscriptRow]:
+        self.flush()
         query = "SELECT * FROM transcript"
         parameters: tuple[Any, ...] = ()
         if ceremony_id is not None:
