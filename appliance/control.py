@@ -189,8 +189,13 @@ class ControlServer:
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise ValueError("keys must be a list of key names")
         coordinate = bool(params.get("coordinate", True))
+        signers = params.get("signers")
+        if signers is not None and (
+            not isinstance(signers, list) or not all(isinstance(s, int) for s in signers)
+        ):
+            raise ValueError("signers must be a list of party identifiers")
         return await self.engine.test_signing(
-            [m.encode() for m in messages], keys, coordinate, actor
+            [m.encode() for m in messages], keys, coordinate, actor, signers
         )
 
     async def _ceremony(self, params: dict[str, Any], actor: str) -> Any:

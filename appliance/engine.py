@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import json
 import logging
 import re
@@ -67,7 +68,15 @@ class Engine:
         self.keystore = keystore
         self.store = store
         self.vault = vault
-        self.mesh = Mesh(config, curve_secret, keystore.sign, self.deliver, self.refuse)
+        self.mesh = Mesh(
+            config,
+            curve_secret,
+            keystore.sign,
+            self.deliver,
+            self.refuse,
+            store.peer_sequences(),
+            store.remember_sequence,
+        )
         self.ceremonies: dict[str, Ceremony] = {}
         self.finished: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.pending: dict[str, list[Envelope]] = {}
@@ -252,7 +261,12 @@ class Engine:
         return await self._start(RefreshCeremony(self, self._ceremony_id(ceremony_id), reason))
 
     async def test_signing(
-        self, messages: list[bytes], keys: list[str], coordinate: bool, actor: str
+        self,
+        messages: list[bytes],
+        keys: list[str],
+        coordinate: bool,
+        actor: str,
+        signers: list[int] | None = None,
     ) -> dict[str, Any]:
         """Approve signing `messages` as tests on this node; coordinate if asked to."""
         if not messages or len(messages) > 500:
@@ -266,6 +280,13 @@ class Engine:
         if not coordinate:
             return {"approved": True, "messages": len(messages)}
         request = test_signing_request(self, messages, sorted(set(keys)))
+        if signers is not None:
+            known = {p.identifier for p in self.config.parties}
+            if not set(signers) <= known or self.config.me.identifier not in signers:
+                raise CommandError(
+                    "bad-request", "signers must be parties and include the coordinating node"
+                )
+            request = dataclasses.replace(request, signers=tuple(sorted(set(signers))))
         ceremony_id = f"sign-{uuid.uuid4().hex[:20]}"
         return await self._start(SigningCoordinator(self, ceremony_id, request))
 

@@ -57,6 +57,8 @@ class Mesh:
         sign: Callable[[bytes], bytes],
         deliver: Callable[[Envelope], None],
         refuse: Refuse,
+        last_sequences: dict[int, int] | None = None,
+        remember: Callable[[int, int], None] | None = None,
     ) -> None:
         self.config = config
         self._curve_secret = curve_secret
@@ -69,7 +71,10 @@ class Mesh:
         self._curve_keys = {zmq.utils.z85.decode(p.curve_public_key): p for p in config.peers}
         # Strictly increasing across restarts without storing it: microseconds since 1970.
         self._sequence = time.time_ns() // 1000
-        self._last_sequence: dict[int, int] = {}
+        # Replays are refused across our own restarts too: the last sequence per peer is
+        # persisted by `remember` and handed back at start.
+        self._last_sequence: dict[int, int] = dict(last_sequences or {})
+        self._remember = remember
         self._context = zmq.asyncio.Context()
         self._dealers: dict[int, zmq.asyncio.Socket] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -208,6 +213,8 @@ class Mesh:
             self._reject(peer, "replayed", f"sequence {envelope.sequence}")
             return
         self._last_sequence[party.identifier] = envelope.sequence
+        if self._remember is not None:
+            self._remember(party.identifier, envelope.sequence)
         state = self.peers[party.identifier]
         state.last_seen = time.time()
         if envelope.round == PING:

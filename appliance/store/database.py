@@ -172,6 +172,18 @@ class Store:
             )
         return ids
 
+    # -- replay protection ---------------------------------------------------------------
+    def remember_sequence(self, sender: int, sequence: int) -> None:
+        """The latest sequence accepted from a peer (written with the next transaction)."""
+        self._deferred.append(
+            ("INSERT OR REPLACE INTO peer_sequences VALUES (?, ?)", (sender, sequence))
+        )
+
+    def peer_sequences(self) -> dict[int, int]:
+        self.flush()
+        rows = self._db.execute("SELECT sender, sequence FROM peer_sequences").fetchall()
+        return {int(r[0]): int(r[1]) for r in rows}
+
     # -- transcripts and blame ------------------------------------------------------------
     def record_envelope(
         self, ceremony_id: str, direction: str, sender: int, round_name: str, envelope: bytes

@@ -62,4 +62,13 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE peer_sequences (
+            sender   INTEGER PRIMARY KEY,
+            sequence INTEGER NOT NULL
+        );
+        """,
+    ),
 ]

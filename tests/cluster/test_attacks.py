@@ -154,3 +154,32 @@ def test_garbage_on_the_wire_is_refused_audited_and_harmless(
     assert report["node-2"]["authenticated"]
     cluster[2].call("test-signing", message="still here", coordinate=False)
     assert target.call("test-signing", message="still here")["state"] == "completed"
+
+
+def test_a_replay_after_the_receivers_restart_is_refused(
+    make_cluster, journal, monkeypatch
+) -> None:
+    cluster = make_cluster(3, 2)
+    cluster.stop([3])
+    target = cluster[1]
+    target.party_curve_key = cluster[1].curve_public
+    impostor = Impostor(cluster[3], monkeypatch)
+    try:
+        captured = impostor.envelope(cluster.cluster_id, "sign.share.1", b"{}")
+        socket = impostor.connect(target)
+        socket.send(captured)
+        first_pid = target.process.pid
+        assert journal.wait_for(
+            WIRE_EVENT="mesh.message-rejected", WIRE_REASON="unknown-ceremony", _PID=first_pid
+        )
+        socket.close(linger=0)
+        target.stop()
+        target.start()
+        target.wait_ready(time.monotonic() + 30)
+        socket = impostor.connect(target)
+        socket.send(captured)  # the same bytes, to a node that has restarted since
+        assert journal.wait_for(
+            WIRE_EVENT="mesh.message-rejected", WIRE_REASON="replayed", _PID=target.process.pid
+        )
+    finally:
+        impostor.close()

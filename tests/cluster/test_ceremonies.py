@@ -53,6 +53,14 @@ def test_dkg_then_test_signing(make_cluster, parties: int, threshold: int) -> No
     assert result["signers"] == [1, *signers]
     verify_test_signatures(infos[0], message, result["signatures"])
 
+    # A requested signer set is honoured even when other signers would be preferred.
+    if parties == 3:
+        cluster[3].call("test-signing", message="chosen signers", coordinate=False)
+        cluster[2].call("test-signing", message="chosen signers", coordinate=False)
+        chosen = cluster[1].call("test-signing", message="chosen signers", signers=[1, 3])
+        assert chosen["state"] == "completed", chosen
+        assert chosen["signers"] == [1, 3]
+
     # A node whose operator did not approve the message declines; below t, nothing is signed.
     refused = cluster[1].call("test-signing", message="not approved elsewhere")
     assert refused["state"] == "failed"
