@@ -92,6 +92,41 @@ EVENTS: Final[dict[str, AuditEvent]] = {
         journal.LOG_CRIT,
         "a sealed share failed authentication",
     ),
+    "chain.reorg": AuditEvent(
+        "c7a0f3b9abbe4d0290e465042e05d175",
+        journal.LOG_WARNING,
+        "the canonical chain was reorganised",
+    ),
+    "chain.deposit-confirmed": AuditEvent(
+        "bdc480c534bf4e6186b3d7ceba2c9fed",
+        journal.LOG_NOTICE,
+        "a deposit reached its required confirmations",
+    ),
+    "chain.deposit-reorged": AuditEvent(
+        "e48951d1370744c09849d382ef38c8b1",
+        journal.LOG_CRIT,
+        "a reported deposit was removed by a reorg",
+    ),
+    "chain.sync-state": AuditEvent(
+        "26e0a9805e57451cbcffae047363279c",
+        journal.LOG_NOTICE,
+        "this node's view of bitcoind changed state (synced, behind, unreachable)",
+    ),
+    "chain.garbage": AuditEvent(
+        "b9d6b6c78ef44fb8a17d9aa0ff8214c6",
+        journal.LOG_WARNING,
+        "bitcoind's RPC or ZMQ sent something that is not what it should be",
+    ),
+    "chain.broadcast": AuditEvent(
+        "2a0462fc770b4642aa2f9d489a241add",
+        journal.LOG_NOTICE,
+        "a transaction was broadcast",
+    ),
+    "chain.broadcast-refused": AuditEvent(
+        "dac5ac63855d403a86428e949dc263b5",
+        journal.LOG_WARNING,
+        "bitcoind refused a transaction",
+    ),
     "control.refused": AuditEvent(
         "619d1ca07ac14fc4828a48baec2e6de5",
         journal.LOG_WARNING,

@@ -42,6 +42,35 @@ class PartyConfig:
 
 
 @dataclass(frozen=True)
+class BitcoinConfig:
+    """This node's own bitcoind and the chain policy every node applies on its own."""
+
+    network: str
+    rpc_url: str
+    rpc_user: str | None
+    cookie_file: Path | None
+    zmq_block: str
+    scan_from_height: int
+    normal_confirmations: int
+    fork_confirmations: int
+    fork_window_blocks: int
+    poll_seconds: float
+    max_tip_age_seconds: float
+    fee_target_blocks: int
+    fee_floor_sat_vb: float
+    fee_ceiling_sat_vb: float
+    bump_after_blocks: int
+    rpc_password: SecretSource = field(
+        default_factory=lambda: SecretSource(
+            "bitcoind-rpc-password", environment="WIRE_MPC_BITCOIND_RPC_PASSWORD"
+        )
+    )
+
+
+NETWORKS = ("mainnet", "testnet", "signet", "regtest")
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     cluster_id: str
     node_id: str
@@ -54,6 +83,7 @@ class NodeConfig:
     engine_clients: tuple[str, ...]
     round_timeout: float
     hsm: HsmConfig
+    bitcoin: BitcoinConfig | None = None
     curve_secret: SecretSource = field(
         default_factory=lambda: SecretSource(
             "curve-secret-key", environment="WIRE_MPC_CURVE_SECRET_KEY"
@@ -200,6 +230,7 @@ def parse_config(document: Any) -> NodeConfig:
     ceremony = top.section("ceremony", {})
     round_timeout = ceremony.take("round_timeout_seconds", _number, 10.0)
     ceremony.done()
+    bitcoin = _bitcoin(top.section("bitcoind")) if "bitcoind" in top.data else None
     top.done()
 
     if node_id not in {p.node_id for p in parties}:
@@ -218,7 +249,51 @@ def parse_config(document: Any) -> NodeConfig:
         engine_clients=clients,
         round_timeout=round_timeout,
         hsm=HsmConfig(module=module, token_label=label),
+        bitcoin=bitcoin,
     )
+
+
+def _bitcoin(fields: StrictObject) -> BitcoinConfig:
+    def count(low: int, high: int) -> Any:
+        return lambda v, p: as_integer(v, p, low, high)
+
+    network = fields.take("network", as_string)
+    if network not in NETWORKS:
+        raise ConfigError(f"bitcoind.network: {network!r} must be one of {', '.join(NETWORKS)}")
+    rpc_url = fields.take("rpc_url", as_string)
+    if not rpc_url.startswith("http://"):
+        raise ConfigError("bitcoind.rpc_url: must be an http:// URL (bitcoind speaks plain HTTP)")
+    rpc_user = fields.take("rpc_user", as_string, None)
+    cookie = fields.take("cookie_file", _path, None)
+    if (rpc_user is None) == (cookie is None):
+        raise ConfigError("bitcoind: give exactly one of rpc_user (password as a credential) "
+                          "or cookie_file")  # fmt: skip
+    zmq_block = fields.take("zmq_block", as_string)
+    if not zmq_block.startswith("tcp://"):
+        raise ConfigError("bitcoind.zmq_block: must be a tcp:// endpoint")
+    config = BitcoinConfig(
+        network=network,
+        rpc_url=rpc_url,
+        rpc_user=rpc_user,
+        cookie_file=cookie,
+        zmq_block=zmq_block,
+        scan_from_height=fields.take("scan_from_height", count(0, 10**7), 0),
+        normal_confirmations=fields.take("normal_confirmations", count(1, 1000), 6),
+        fork_confirmations=fields.take("fork_confirmations", count(1, 1000), 12),
+        fork_window_blocks=fields.take("fork_window_blocks", count(0, 100_000), 144),
+        poll_seconds=fields.take("poll_seconds", _number, 5.0),
+        max_tip_age_seconds=fields.take("max_tip_age_seconds", _number, 7200.0),
+        fee_target_blocks=fields.take("fee_target_blocks", count(1, 1008), 6),
+        fee_floor_sat_vb=fields.take("fee_floor_sat_vb", _number, 1.0),
+        fee_ceiling_sat_vb=fields.take("fee_ceiling_sat_vb", _number, 500.0),
+        bump_after_blocks=fields.take("bump_after_blocks", count(1, 1000), 3),
+    )
+    fields.done()
+    if config.fork_confirmations < config.normal_confirmations:
+        raise ConfigError("bitcoind.fork_confirmations: must not be below normal_confirmations")
+    if config.fee_ceiling_sat_vb < config.fee_floor_sat_vb:
+        raise ConfigError("bitcoind.fee_ceiling_sat_vb: must not be below fee_floor_sat_vb")
+    return config
 
 
 def load_config(path: Path) -> NodeConfig:

@@ -3,6 +3,7 @@ transcripts, blame, what this node signed per request, operator approvals, and t
 holds. Key shares themselves live sealed in the vault, never here.
 """
 
+from .chain import ChainRecords
 from .database import Store, StoreError
 
-__all__ = ["Store", "StoreError"]
+__all__ = ["ChainRecords", "Store", "StoreError"]

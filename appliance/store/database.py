@@ -78,6 +78,12 @@ class Store:
         self._db.close()
 
     @property
+    def connection(self) -> sqlite3.Connection:
+        """For the store's other repositories (appliance.store.chain); write inside
+        `transaction()`."""
+        return self._db
+
+    @property
     def schema_version(self) -> int:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 

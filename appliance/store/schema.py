@@ -71,4 +71,63 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        3,
+        """
+        CREATE TABLE blocks (
+            hash      TEXT PRIMARY KEY,
+            height    INTEGER NOT NULL,
+            previous  TEXT NOT NULL,
+            canonical INTEGER NOT NULL,
+            seen_at   REAL NOT NULL
+        );
+        CREATE INDEX blocks_by_height ON blocks (canonical, height);
+        CREATE TABLE watched_scripts (
+            script     BLOB PRIMARY KEY,
+            kind       TEXT NOT NULL CHECK (kind IN ('custody', 'deposit', 'reservoir')),
+            label      TEXT NOT NULL,
+            tweaks     TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE outputs (
+            txid       TEXT NOT NULL,
+            vout       INTEGER NOT NULL,
+            block_hash TEXT NOT NULL,
+            amount     INTEGER NOT NULL,
+            script     BLOB NOT NULL,
+            PRIMARY KEY (txid, vout, block_hash)
+        );
+        CREATE TABLE spends (
+            txid          TEXT NOT NULL,
+            vout          INTEGER NOT NULL,
+            block_hash    TEXT NOT NULL,
+            spending_txid TEXT NOT NULL,
+            PRIMARY KEY (txid, vout, block_hash)
+        );
+        CREATE TABLE deposits (
+            txid        TEXT NOT NULL,
+            vout        INTEGER NOT NULL,
+            recipient   TEXT NOT NULL,
+            amount      INTEGER NOT NULL,
+            block_hash  TEXT NOT NULL,
+            height      INTEGER NOT NULL,
+            state       TEXT NOT NULL CHECK (state IN ('confirmed', 'attested', 'reorged')),
+            reported_at REAL NOT NULL,
+            attested_at REAL,
+            PRIMARY KEY (txid, vout)
+        );
+        CREATE TABLE chain_events (
+            kind   TEXT NOT NULL,
+            height INTEGER NOT NULL,
+            detail TEXT NOT NULL,
+            at     REAL NOT NULL
+        );
+        CREATE TABLE flags (
+            name   TEXT PRIMARY KEY,
+            value  TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            at     REAL NOT NULL
+        );
+        """,
+    ),
 ]

@@ -1,0 +1,205 @@
+"""The node's own view of the Bitcoin chain, built only from blocks its own bitcoind served.
+
+`apply` makes a run of blocks the canonical chain above a fork point: blocks leaving the
+canonical chain are only unmarked (their outputs and spends stay recorded per block), so a
+reorg of any depth is a flip of flags. Confirmations count on the canonical chain only;
+after a reorg within `fork_window_blocks`, deposits need `fork_confirmations` instead of
+`normal_confirmations`. A reported deposit that a reorg removes is an alert; if it was
+already attested, minting pauses until an operator looks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.config import BitcoinConfig
+from appliance.store import ChainRecords
+from appliance.store.chain import DepositRow, OutputRow
+
+from .custody import CustodyOutput
+from .transaction import Block
+
+__all__ = ["MINTING_PAUSED", "ChainChange", "ChainView", "ConnectedBlock"]
+
+MINTING_PAUSED = "minting-paused"
+Audit = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class ConnectedBlock:
+    hash: str
+    height: int
+    block: Block | None  # None: the block is known already and need not be scanned again
+
+
+@dataclass
+class ChainChange:
+    connected: list[str]
+    disconnected: list[str]
+    removed_deposits: list[DepositRow]
+
+
+class ChainView:
+    def __init__(self, records: ChainRecords, config: BitcoinConfig, audit: Audit) -> None:
+        self.records = records
+        self.config = config
+        self.audit = audit
+        self._watched = records.watched()
+        self._outpoints = records.watched_outpoints()
+
+    # -- what is watched -----------------------------------------------------------------
+    def watch(self, output: CustodyOutput) -> None:
+        if output.script in self._watched:
+            return
+        with self.records.store.transaction():
+            self.records.watch(output.script, output.kind, output.label, output.tweaks_json)
+        self._watched = self.records.watched()
+
+    def watched(self, script: bytes) -> bool:
+        return script in self._watched
+
+    def tweaks_of(self, script: bytes) -> list[list[Any]]:
+        return self._watched[script].tweaks
+
+    # -- the chain -------------------------------------------------------------------------
+    @property
+    def tip(self) -> tuple[str, int] | None:
+        return self.records.tip()
+
+    def apply(self, fork_height: int, blocks: Sequence[ConnectedBlock]) -> ChainChange:
+        """Make `blocks` (in order, the first at fork_height + 1) canonical above the fork."""
+        records = self.records
+        with records.store.transaction():
+            disconnected = records.disconnect_above(fork_height)
+            previous = records.canonical_at(fork_height) or ""
+            for connected in blocks:
+                seen = records.connect(connected.hash, connected.height, previous)
+                if not seen:
+                    if connected.block is None:
+                        raise ValueError(f"block {connected.hash} is new but was not fetched")
+                    self._scan(connected.hash, connected.block)
+                previous = connected.hash
+            removed: list[DepositRow] = []
+            if disconnected:
+                records.record_event(
+                    "reorg",
+                    fork_height + 1,
+                    {"disconnected": disconnected, "connected": [b.hash for b in blocks]},
+                )
+                removed = self._deposits_removed(disconnected)
+        if disconnected:
+            self.audit(
+                "chain.reorg", "warning",
+                f"reorg at height {fork_height + 1}: {len(disconnected)} block(s) replaced",
+                height=fork_height + 1, depth=len(disconnected),
+            )  # fmt: skip
+        for deposit in removed:
+            self._alert_removed(deposit)
+        return ChainChange([b.hash for b in blocks], disconnected, removed)
+
+    def _scan(self, block_hash: str, block: Block) -> None:
+        outputs, spends = [], []
+        watched, outpoints = self._watched, self._outpoints
+        for tx in block.transactions:
+            txid = tx.txid_hex
+            if not tx.is_coinbase:
+                for txin in tx.inputs:
+                    spent = (txin.prevout.txid_hex, txin.prevout.index)
+                    if spent in outpoints:
+                        spends.append((spent[0], spent[1], txid))
+            for vout, out in enumerate(tx.outputs):
+                if out.script_pubkey in watched:
+                    outputs.append((txid, vout, out.amount, out.script_pubkey))
+                    outpoints.add((txid, vout))
+        if outputs:
+            self.records.add_outputs(block_hash, outputs)
+        if spends:
+            self.records.add_spends(block_hash, spends)
+
+    def _deposits_removed(self, disconnected: list[str]) -> list[DepositRow]:
+        """Reported deposits whose output is in no canonical block any more."""
+        removed = []
+        for deposit in self.records.deposits_in_blocks(disconnected):
+            if deposit.state == "reorged" or self.records.output_canonical(
+                deposit.txid, deposit.vout
+            ):
+                continue
+            removed.append(deposit)
+            self.records.set_deposit_state(
+                deposit.txid, deposit.vout, "attested" if deposit.state == "attested" else "reorged"
+            )
+            if deposit.state == "attested":
+                self.records.set_flag(
+                    MINTING_PAUSED,
+                    "true",
+                    f"attested deposit {deposit.txid}:{deposit.vout} was removed by a reorg",
+                )
+        return removed
+
+    def _alert_removed(self, deposit: DepositRow) -> None:
+        attested = deposit.state == "attested"
+        self.audit(
+            "chain.deposit-reorged", "failure",
+            f"{'attested' if attested else 'reported'} deposit {deposit.txid}:{deposit.vout} "
+            f"of {deposit.amount} sat to {deposit.recipient} was removed by a reorg"
+            + ("; minting is paused" if attested else ""),
+            deposit=f"{deposit.txid}:{deposit.vout}", attested=str(attested).lower(),
+        )  # fmt: skip
+
+    # -- confirmations and deposits ------------------------------------------------------
+    def required_confirmations(self) -> int:
+        tip = self.tip
+        if tip is None:
+            return self.config.fork_confirmations
+        window_start = tip[1] - self.config.fork_window_blocks + 1
+        if self.records.events_since(window_start, ["reorg"]):
+            return self.config.fork_confirmations
+        return self.config.normal_confirmations
+
+    def confirmations(self, height: int) -> int:
+        tip = self.tip
+        return 0 if tip is None or height > tip[1] else tip[1] - height + 1
+
+    def take_confirmed_deposits(self) -> list[DepositRow]:
+        """Deposits that reached the required confirmations since the last call; each one
+        is returned exactly once, ever."""
+        tip = self.tip
+        if tip is None:
+            return []
+        required = self.required_confirmations()
+        reported = []
+        with self.records.store.transaction():
+            for output, recipient in self.records.deposit_candidates(tip[1] - required + 1):
+                self.records.report_deposit(output, recipient)
+                reported.append(
+                    DepositRow(
+                        output.txid,
+                        output.vout,
+                        recipient,
+                        output.amount,
+                        output.block_hash,
+                        output.height,
+                        "confirmed",
+                    )
+                )
+        for deposit in reported:
+            self.audit(
+                "chain.deposit-confirmed", "success",
+                f"deposit {deposit.txid}:{deposit.vout} of {deposit.amount} sat to "
+                f"{deposit.recipient} has {self.confirmations(deposit.height)} confirmations",
+                deposit=f"{deposit.txid}:{deposit.vout}", recipient=deposit.recipient,
+            )  # fmt: skip
+        return reported
+
+    def mark_attested(self, txid: str, vout: int) -> None:
+        with self.records.store.transaction():
+            self.records.set_deposit_state(txid, vout, "attested")
+
+    def minting_paused(self) -> str | None:
+        flag = self.records.flag(MINTING_PAUSED)
+        return None if flag is None else flag[1]
+
+    def unspent(self, kinds: Sequence[str] | None = None) -> list[OutputRow]:
+        return self.records.unspent(kinds)
