@@ -97,6 +97,16 @@ EVENTS: Final[dict[str, AuditEvent]] = {
         journal.LOG_WARNING,
         "the canonical chain was reorganised",
     ),
+    "chain.fork": AuditEvent(
+        "5bc14792c771404f8f6452514ed56934",
+        journal.LOG_WARNING,
+        "bitcoind knows a competing branch; deposits need more confirmations",
+    ),
+    "chain.deposit-address": AuditEvent(
+        "a9326ec8e209494c9abc135395cab94d",
+        journal.LOG_NOTICE,
+        "a Wire recipient's deposit address is watched",
+    ),
     "chain.deposit-confirmed": AuditEvent(
         "bdc480c534bf4e6186b3d7ceba2c9fed",
         journal.LOG_NOTICE,

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 MAX_REQUEST = 1 << 20
 
 # Commands that change state: refused when their audit record cannot be written.
-STATE_CHANGING = {"dkg", "test-signing", "key-rotation"}
+STATE_CHANGING = {"dkg", "test-signing", "key-rotation", "deposit-address"}
 
 
 class EngineError(Exception):
@@ -64,6 +64,7 @@ class ControlServer:
             "test-signing": self._test_signing,
             "key-rotation": self._key_rotation,
             "ceremony": self._ceremony,
+            "deposit-address": self._deposit_address,
         }
 
     async def start(self) -> None:
@@ -197,6 +198,15 @@ class ControlServer:
         return await self.engine.test_signing(
             [m.encode() for m in messages], keys, coordinate, actor, signers
         )
+
+    async def _deposit_address(self, params: dict[str, Any], actor: str) -> Any:
+        recipient = params["recipient"]
+        since = params.get("since_height")
+        if not isinstance(recipient, str):
+            raise ValueError("recipient must be a string")
+        if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
+            raise ValueError("since_height must be a block height")
+        return await self.engine.deposit_address(recipient, since)
 
     async def _ceremony(self, params: dict[str, Any], actor: str) -> Any:
         return self.engine.ceremony_info(str(params["ceremony_id"]))

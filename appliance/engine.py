@@ -29,6 +29,7 @@ from appliance.ceremony.signing import (
     SigningParticipant,
     judge_share_blame,
 )
+from appliance.chain.service import ChainService
 from appliance.config import NodeConfig
 from appliance.frost import KeyShare, PublicKeyPackage
 from appliance.mesh.envelope import Envelope
@@ -77,6 +78,9 @@ class Engine:
             store.peer_sequences(),
             store.remember_sequence,
         )
+        self.chain = (
+            ChainService(config.bitcoin, store, self.audit) if config.bitcoin is not None else None
+        )
         self.ceremonies: dict[str, Ceremony] = {}
         self.finished: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.pending: dict[str, list[Envelope]] = {}
@@ -116,6 +120,12 @@ class Engine:
 
     def approved(self, kind: str, content_hash: bytes, now: float) -> bool:
         return self.store.approved(kind, content_hash, now)
+
+    def signing_blocked(self) -> str | None:
+        if self.chain is None or self.chain.watcher.state.synced:
+            return None
+        state = self.chain.watcher.state
+        return f"this node signs nothing while its bitcoind is {state.name}: {state.reason}"
 
     # -- routing ---------------------------------------------------------------------------
     def deliver(self, envelope: Envelope) -> None:
@@ -252,7 +262,38 @@ class Engine:
 
     async def dkg(self, ceremony_id: str) -> dict[str, Any]:
         """This node's consent to, and part in, the DKG `ceremony_id` of both keys."""
-        return await self._start(DkgCeremony(self, self._ceremony_id(ceremony_id)))
+        result = await self._start(DkgCeremony(self, self._ceremony_id(ceremony_id)))
+        self._watch_custody()
+        return result
+
+    def _watch_custody(self) -> None:
+        key = self.store.active_key("custody")
+        if self.chain is not None and key is not None:
+            self.chain.watch_custody(key.group_key)
+
+    async def deposit_address(self, recipient: str, since_height: int | None) -> dict[str, Any]:
+        """The deposit address of a Wire recipient, watched from now on (and rescanned from
+        `since_height`, if given)."""
+        if self.chain is None:
+            raise CommandError("no-bitcoind", "this node has no bitcoind configured")
+        try:
+            output, address, rescanned = await self.chain.watch_deposit(
+                self.group_key("custody"), recipient, since_height
+            )
+        except ValueError as exc:
+            raise CommandError("bad-request", str(exc)) from exc
+        self.audit(
+            "chain.deposit-address", "success",
+            f"deposit address {address} of {recipient!r} is watched",
+            recipient=recipient, address=address,
+        )  # fmt: skip
+        return {
+            "recipient": recipient,
+            "address": address,
+            "script": output.script.hex(),
+            "tweaks": output.tweaks_json,
+            "rescanned_blocks": rescanned,
+        }
 
     async def key_rotation(self, ceremony_id: str, reason: str) -> dict[str, Any]:
         """This node's consent to, and part in, refreshing the shares of both keys."""
@@ -335,6 +376,8 @@ class Engine:
             "key_names": list(BRIDGE_KEYS),
             "peers": peers,
             "open_ceremonies": sorted(self.ceremonies),
+            "bitcoin": self.chain.status() if self.chain is not None else None,
+            "signing_blocked": self.signing_blocked(),
         }
 
     async def test_communication(self, timeout: float = 2.0) -> dict[str, Any]:
@@ -375,6 +418,9 @@ class Engine:
                 ceremony=ceremony_id,
             )  # fmt: skip
         await self.mesh.start()
+        if self.chain is not None:
+            self._watch_custody()
+            await self.chain.start()
         self.audit("engine.started", "success", f"engine of {self.config.node_id} started")
 
     async def stop(self) -> None:
@@ -382,6 +428,8 @@ class Engine:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.mesh.close()
+        if self.chain is not None:
+            await self.chain.close()
         try:
             self.audit("engine.stopped", "success", f"engine of {self.config.node_id} stopped")
         except AuditUnavailableError:

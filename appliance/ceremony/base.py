@@ -100,6 +100,8 @@ class NodeServices(Protocol):
 
     def approved(self, kind: str, content_hash: bytes, now: float) -> bool: ...
 
+    def signing_blocked(self) -> str | None: ...
+
 
 class Inbox:
     """The envelopes received for one ceremony, by round and sender.

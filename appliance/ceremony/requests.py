@@ -121,6 +121,9 @@ class PolicyNode(Protocol):
 
     def approved(self, kind: str, content_hash: bytes, now: float) -> bool: ...
 
+    def signing_blocked(self) -> str | None:
+        """Why this node signs nothing at the moment (its bitcoind is not synced), if so."""
+
 
 SigningPolicy = Callable[[PolicyNode, SigningRequest], None]
 """Raises `SigningRefused` unless this node, from its own view, may sign the request."""

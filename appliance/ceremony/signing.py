@@ -48,6 +48,9 @@ SELECTION_GRACE = 0.05  # seconds to wait for slower participants once enough co
 
 
 def check_policy(node: Any, request: SigningRequest) -> None:
+    blocked = node.signing_blocked()
+    if blocked is not None:
+        raise SigningRefused(blocked)
     policy = POLICIES.get(request.kind)
     if policy is None:
         raise SigningRefused(f"no signing policy for request kind {request.kind!r}")

@@ -93,6 +93,9 @@ class BitcoindRpc:
             for attempt in (1, 2):  # a kept-alive connection may have been closed meanwhile
                 try:
                     return await asyncio.wait_for(self._exchange(method, params), self.timeout)
+                except (asyncio.LimitOverrunError, ValueError) as exc:  # an over-long line
+                    await self.close()
+                    raise RpcProtocolError(f"{method}: malformed HTTP answer: {exc}") from exc
                 except (ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
                     await self.close()
                     if attempt == 2:
@@ -132,7 +135,10 @@ class BitcoindRpc:
                 break
             name, _, value = line.decode("latin-1").partition(":")
             if name.strip().lower() == "content-length":
-                length = int(value.strip())
+                try:
+                    length = int(value.strip())
+                except ValueError as exc:
+                    raise RpcProtocolError(f"bad Content-Length {value.strip()[:20]!r}") from exc
             elif name.strip().lower() == "connection" and value.strip().lower() == "close":
                 close = True
         if status == 401:
@@ -152,7 +158,10 @@ class BitcoindRpc:
         if error is not None:
             if not isinstance(error, dict):
                 raise RpcProtocolError(f"{method}: malformed error {error!r}")
-            raise BitcoindError(method, int(error.get("code", 0)), str(error.get("message", "")))
+            code = error.get("code")
+            if not isinstance(code, int) or isinstance(code, bool):
+                raise RpcProtocolError(f"{method}: error without an integer code: {error!r:.80}")
+            raise BitcoindError(method, code, str(error.get("message", "")))
         return answer["result"]
 
 

@@ -3,9 +3,9 @@
 `apply` makes a run of blocks the canonical chain above a fork point: blocks leaving the
 canonical chain are only unmarked (their outputs and spends stay recorded per block), so a
 reorg of any depth is a flip of flags. Confirmations count on the canonical chain only;
-after a reorg within `fork_window_blocks`, deposits need `fork_confirmations` instead of
-`normal_confirmations`. A reported deposit that a reorg removes is an alert; if it was
-already attested, minting pauses until an operator looks.
+after a reorg or a competing branch within `fork_window_blocks`, deposits need
+`fork_confirmations` instead of `normal_confirmations`. A reported deposit that a reorg
+removes is an alert; if it was already attested, minting pauses until an operator looks.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class ChainView:
         self.audit = audit
         self._watched = records.watched()
         self._outpoints = records.watched_outpoints()
+        self._fork_tips = records.fork_tips()
 
     # -- what is watched -----------------------------------------------------------------
     def watch(self, output: CustodyOutput) -> None:
@@ -99,6 +100,11 @@ class ChainView:
             self._alert_removed(deposit)
         return ChainChange([b.hash for b in blocks], disconnected, removed)
 
+    def rescan(self, block_hash: str, block: Block) -> None:
+        """Scan a known block again, for scripts watched since it was first scanned."""
+        with self.records.store.transaction():
+            self._scan(block_hash, block)
+
     def _scan(self, block_hash: str, block: Block) -> None:
         outputs, spends = [], []
         watched, outpoints = self._watched, self._outpoints
@@ -119,23 +125,25 @@ class ChainView:
             self.records.add_spends(block_hash, spends)
 
     def _deposits_removed(self, disconnected: list[str]) -> list[DepositRow]:
-        """Reported deposits whose output is in no canonical block any more."""
+        """Settle the reported deposits of disconnected blocks; returns those whose output is
+        in no canonical block any more. One that is not attested yet goes back to be
+        reported again once it confirms where it is now; an attested one that is gone
+        pauses minting."""
         removed = []
         for deposit in self.records.deposits_in_blocks(disconnected):
-            if deposit.state == "reorged" or self.records.output_canonical(
-                deposit.txid, deposit.vout
-            ):
+            if deposit.state == "reorged":
                 continue
-            removed.append(deposit)
-            self.records.set_deposit_state(
-                deposit.txid, deposit.vout, "attested" if deposit.state == "attested" else "reorged"
-            )
-            if deposit.state == "attested":
+            gone = not self.records.output_canonical(deposit.txid, deposit.vout)
+            if deposit.state != "attested":
+                self.records.set_deposit_state(deposit.txid, deposit.vout, "reorged")
+            elif gone:
                 self.records.set_flag(
                     MINTING_PAUSED,
                     "true",
                     f"attested deposit {deposit.txid}:{deposit.vout} was removed by a reorg",
                 )
+            if gone:
+                removed.append(deposit)
         return removed
 
     def _alert_removed(self, deposit: DepositRow) -> None:
@@ -148,13 +156,31 @@ class ChainView:
             deposit=f"{deposit.txid}:{deposit.vout}", attested=str(attested).lower(),
         )  # fmt: skip
 
+    def record_fork(self, tip: str, fork_height: int, branch_length: int, status: str) -> bool:
+        """A competing branch bitcoind knows of (it need not have been canonical here); True
+        if it is news."""
+        if tip in self._fork_tips:
+            return False
+        self._fork_tips.add(tip)
+        with self.records.store.transaction():
+            self.records.record_event(
+                "fork", fork_height, {"tip": tip, "length": branch_length, "status": status}
+            )
+        self.audit(
+            "chain.fork", "warning",
+            f"competing branch of {branch_length} block(s) from height {fork_height} "
+            f"({status}); deposits now need {self.required_confirmations()} confirmations",
+            height=fork_height, depth=branch_length,
+        )  # fmt: skip
+        return True
+
     # -- confirmations and deposits ------------------------------------------------------
     def required_confirmations(self) -> int:
         tip = self.tip
         if tip is None:
             return self.config.fork_confirmations
         window_start = tip[1] - self.config.fork_window_blocks + 1
-        if self.records.events_since(window_start, ["reorg"]):
+        if self.records.events_since(window_start, ["reorg", "fork"]):
             return self.config.fork_confirmations
         return self.config.normal_confirmations
 
@@ -163,8 +189,8 @@ class ChainView:
         return 0 if tip is None or height > tip[1] else tip[1] - height + 1
 
     def take_confirmed_deposits(self) -> list[DepositRow]:
-        """Deposits that reached the required confirmations since the last call; each one
-        is returned exactly once, ever."""
+        """Deposits that reached the required confirmations since the last call. Each is
+        returned once; again only if a reorg took it away and it confirmed once more."""
         tip = self.tip
         if tip is None:
             return []

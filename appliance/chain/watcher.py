@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MAX_WALK_BACK = 1000
 SCAN_BATCH = 100
+FORK_STATUSES = ("valid-fork", "valid-headers", "headers-only")
 
 
 class NotSynced(Exception):
@@ -115,6 +116,7 @@ class ChainWatcher:
                 return self._set("initial-block-download", "bitcoind is in initial block download")
             if self.view.tip is None or self.view.tip[0] != best:
                 await self._catch_up(best, height)
+            self._note_forks(await self.rpc.call("getchaintips"), height)
         except RpcUnavailable as exc:
             return self._set("unreachable", str(exc))
         except (RpcProtocolError, EncodingError, BitcoindError) as exc:
@@ -144,7 +146,7 @@ class ChainWatcher:
             )  # fmt: skip
         return self.state
 
-    async def _block(self, block_hash: str) -> Block:
+    async def fetch_block(self, block_hash: str) -> Block:
         raw = self._announced.pop(block_hash, None)
         if raw is None:
             result = await self.rpc.call("getblock", block_hash, 0)
@@ -175,7 +177,7 @@ class ChainWatcher:
                     f"no common block with bitcoind within {len(path)} blocks below {best}"
                 )
             known = records.known(block_hash)
-            block = None if known else await self._block(block_hash)
+            block = None if known else await self.fetch_block(block_hash)
             path.append(ConnectedBlock(block_hash, block_height, block))
             if block is None:
                 header = await self.rpc.call("getblockheader", block_hash, True)
@@ -199,10 +201,17 @@ class ChainWatcher:
                 block_hash = await self.rpc.call("getblockhash", h)
                 if not isinstance(block_hash, str):
                     raise RpcProtocolError("getblockhash returned a non-string")
-                batch.append(ConnectedBlock(block_hash, h, await self._block(block_hash)))
+                batch.append(ConnectedBlock(block_hash, h, await self.fetch_block(block_hash)))
             change = self.view.apply(first - 1, batch)
             if self.on_change is not None:
                 self.on_change(change)
+
+    def _note_forks(self, tips: Any, height: int) -> None:
+        """Competing branches bitcoind has seen (valid or only headers) within the window."""
+        for tip_hash, tip_height, length, status in _chain_tips(tips):
+            fork_height = tip_height - length + 1
+            if status in FORK_STATUSES and height - fork_height < self.config.fork_window_blocks:
+                self.view.record_fork(tip_hash, fork_height, length, status)
 
     # -- ZMQ: speed ------------------------------------------------------------------------
     async def _listen(self) -> None:
@@ -267,3 +276,25 @@ def _chain_info(info: Any) -> tuple[str, int, int, bool, float]:
     ):
         raise RpcProtocolError("getblockchaininfo has fields of the wrong types")
     return best, height, headers, ibd, float(tip_time)
+
+
+def _chain_tips(tips: Any) -> list[tuple[str, int, int, str]]:
+    if not isinstance(tips, list):
+        raise RpcProtocolError("getchaintips did not return a list")
+    parsed = []
+    for tip in tips:
+        if not isinstance(tip, dict):
+            raise RpcProtocolError("getchaintips returned a non-object")
+        tip_hash, height = tip.get("hash"), tip.get("height")
+        length, status = tip.get("branchlen"), tip.get("status")
+        if not (
+            isinstance(tip_hash, str)
+            and len(tip_hash) == 64
+            and isinstance(height, int)
+            and isinstance(length, int)
+            and 0 <= length <= height
+            and isinstance(status, str)
+        ):
+            raise RpcProtocolError(f"getchaintips has a malformed tip: {tip!r:.120}")
+        parsed.append((tip_hash, height, length, status))
+    return parsed

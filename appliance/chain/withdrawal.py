@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from appliance.frost import Tweak
 
 from .address import DUST, script_type
-from .transaction import Outpoint, SighashCache, Transaction, TxIn, TxOut, taproot_sighash
+from .transaction import (
+    Outpoint,
+    SighashCache,
+    Transaction,
+    TxIn,
+    TxOut,
+    compact_size,
+    taproot_sighash,
+)
 
 __all__ = [
     "MAX_INPUTS",
@@ -116,11 +124,12 @@ def _transaction(
 
 
 def _vsize(inputs: int, payouts: Sequence[Payout], change_script: bytes | None) -> int:
-    placeholder = Spendable("00" * 32, 0, 0, b"", ())
-    tx = _transaction(
-        [placeholder] * inputs, payouts, 1 if change_script else 0, change_script or b""
-    )
-    return tx.with_witnesses([KEY_PATH_WITNESS] * inputs).vsize
+    """The virtual size of the signed transaction, computed without building it."""
+    scripts = [p.script for p in payouts] + ([change_script] if change_script else [])
+    base = 4 + len(compact_size(inputs)) + inputs * 41 + len(compact_size(len(scripts))) + 4
+    base += sum(8 + len(compact_size(len(s))) + len(s) for s in scripts)
+    witness = 2 + inputs * (1 + 1 + 64)  # marker and flag; per input one 64-byte item
+    return (base * 4 + witness + 3) // 4
 
 
 def _settle(

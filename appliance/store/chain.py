@@ -164,7 +164,7 @@ class ChainRecords:
     # -- deposits --------------------------------------------------------------------------
     def deposit_candidates(self, max_height: int) -> list[tuple[OutputRow, str]]:
         """Outputs to deposit addresses in canonical blocks at or below `max_height` that were
-        never reported, with their recipient."""
+        are not reported (or were, and a reorg took them away), with their recipient."""
         rows = self.db.execute(
             """
             SELECT o.txid, o.vout, o.amount, o.script, o.block_hash, b.height, w.label
@@ -172,7 +172,10 @@ class ChainRecords:
             JOIN blocks b ON b.hash = o.block_hash AND b.canonical = 1
             JOIN watched_scripts w ON w.script = o.script AND w.kind = 'deposit'
             WHERE b.height <= ?
-              AND NOT EXISTS (SELECT 1 FROM deposits d WHERE d.txid = o.txid AND d.vout = o.vout)
+              AND NOT EXISTS (
+                  SELECT 1 FROM deposits d
+                  WHERE d.txid = o.txid AND d.vout = o.vout AND d.state != 'reorged'
+              )
             ORDER BY b.height, o.txid, o.vout
             """,
             (max_height,),
@@ -184,7 +187,7 @@ class ChainRecords:
 
     def report_deposit(self, output: OutputRow, recipient: str) -> None:
         self.db.execute(
-            "INSERT INTO deposits VALUES (?, ?, ?, ?, ?, ?, 'confirmed', ?, NULL)",
+            "INSERT OR REPLACE INTO deposits VALUES (?, ?, ?, ?, ?, ?, 'confirmed', ?, NULL)",
             (
                 output.txid,
                 output.vout,
@@ -234,6 +237,10 @@ class ChainRecords:
             (height, *wanted),
         ).fetchall()
         return [(r[0], int(r[1])) for r in rows]
+
+    def fork_tips(self) -> set[str]:
+        rows = self.db.execute("SELECT detail FROM chain_events WHERE kind = 'fork'")
+        return {str(json.loads(r[0]).get("tip")) for r in rows}
 
     def set_flag(self, name: str, value: str, reason: str) -> None:
         self.db.execute(

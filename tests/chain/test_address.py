@@ -1,0 +1,68 @@
+"""Addresses: bech32m P2TR on every network (BIP341/BIP350 vectors), the custody key's
+custody, deposit and reservoir outputs, and addresses of the wrong network refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.chain.address import (
+    AddressError,
+    address_of_script,
+    script_of_address,
+    script_type,
+)
+from appliance.chain.custody import CustodyKey
+from appliance.frost import SECP256K1_TR, apply_tweaks, trusted_dealer_keygen
+
+PREFIXES = {"mainnet": "bc1p", "testnet": "tb1p", "signet": "tb1p", "regtest": "bcrt1p"}
+
+
+def test_bip341_scripts_and_bip350_addresses(vectors) -> None:
+    cases = vectors.json("bip341/wallet-test-vectors.json")["scriptPubKey"]
+    for case in cases:
+        script = bytes.fromhex(case["expected"]["scriptPubKey"])
+        address = case["expected"]["bip350Address"]
+        assert script_type(script) == "p2tr"
+        assert address_of_script(script, "mainnet") == address
+        assert script_of_address(address, "mainnet") == script
+    assert len(cases) == 7
+
+
+@pytest.fixture(scope="module")
+def group_key() -> bytes:
+    _, package = trusted_dealer_keygen(SECP256K1_TR, 2, 3)
+    return package.group_key
+
+
+@pytest.mark.parametrize("network", sorted(PREFIXES))
+def test_custody_outputs_on_every_network(group_key, network) -> None:
+    key = CustodyKey(group_key, network)
+    outputs = [key.custody, key.reservoir, key.deposit("wire:alice"), key.deposit("wire:bob")]
+    addresses = [key.address(o) for o in outputs]
+    assert len(set(addresses)) == 4
+    for output, address in zip(outputs, addresses, strict=True):
+        assert address.startswith(PREFIXES[network])
+        assert script_of_address(address, network) == output.script
+        # The tweaks recorded with the output give its key: what the signers will use.
+        assert apply_tweaks(SECP256K1_TR, group_key, list(output.tweaks)).key == output.output_key
+        assert output.script == b"\x51\x20" + output.output_key[1:]
+
+
+def test_deposit_addresses_are_deterministic_per_recipient(group_key) -> None:
+    a, b = CustodyKey(group_key, "regtest"), CustodyKey(group_key, "regtest")
+    assert a.deposit("wire:carol").script == b.deposit("wire:carol").script
+    assert a.deposit("wire:carol").script != a.deposit("wire:carol ").script
+    for bad in ("", "x" * 129, "tab\there"):
+        with pytest.raises(ValueError, match="recipient"):
+            a.deposit(bad)
+
+
+def test_addresses_of_another_network_or_malformed_are_refused(group_key) -> None:
+    key = CustodyKey(group_key, "mainnet")
+    mainnet = key.address(key.custody)
+    with pytest.raises(AddressError):
+        script_of_address(mainnet, "regtest")
+    with pytest.raises(AddressError):
+        script_of_address(mainnet[:-1] + ("q" if mainnet[-1] != "q" else "p"), "mainnet")
+    with pytest.raises(AddressError):
+        script_of_address("not an address", "mainnet")
