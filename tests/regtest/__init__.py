@@ -1,0 +1,2 @@
+"""A bitcoind -regtest look-alike for tests: bitcoind's RPC and ZMQ interface over a node whose
+every block and script libbitcoinkernel judges (run it with `python -m tests.regtest`)."""
