@@ -34,6 +34,7 @@ bench: venv
 	$(PY) bench/frost.py --output bench/results/frost.json
 	$(PY) bench/keystore.py --output bench/results/hsm.json
 	tools/with-journald $(PY) bench/ceremony.py --output bench/results/ceremony.json
+	$(PY) bench/chain.py --output bench/results/chain.json
 
 # Re-resolve the locks after editing pyproject.toml (needs the network).
 lock: venv

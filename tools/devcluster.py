@@ -144,6 +144,8 @@ class DevNode:
             "hsm": {"module": str(SOFTHSM_MODULE), "token_label": self.node_id},
             "ceremony": {"round_timeout_seconds": self.cluster.round_timeout},
         }
+        if self.cluster.bitcoind is not None:
+            config["bitcoind"] = self.cluster.bitcoind
         self.config_path.write_text(json.dumps(config, indent=2) + "\n")
 
     def start(self, command: list[str] | None = None) -> None:
@@ -200,8 +202,10 @@ class DevCluster:
         threshold: int = 2,
         round_timeout: float = 10.0,
         cluster_id: str = "wire-dev",
+        bitcoind: dict[str, Any] | None = None,
     ) -> None:
         self.root = root
+        self.bitcoind = bitcoind  # the `bitcoind` section of every node's configuration
         self.threshold = threshold
         self.round_timeout = round_timeout
         self.cluster_id = cluster_id

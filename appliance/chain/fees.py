@@ -9,7 +9,7 @@ from appliance.config import BitcoinConfig
 
 from .rpc import BitcoindRpc, RpcProtocolError
 
-__all__ = ["INCREMENTAL_RELAY_SAT_VB", "bumped_fee_rate", "estimate_fee_rate"]
+__all__ = ["INCREMENTAL_RELAY_SAT_VB", "bumped_fee_rate", "estimate_fee_rate", "is_stuck"]
 
 INCREMENTAL_RELAY_SAT_VB = 1.0  # Bitcoin Core's default -incrementalrelayfee
 BUMP_FACTOR = 1.25
@@ -39,3 +39,9 @@ def bumped_fee_rate(previous: float, estimate: float, config: BitcoinConfig) -> 
     if previous >= config.fee_ceiling_sat_vb:
         return None
     return min(wanted, config.fee_ceiling_sat_vb)
+
+
+def is_stuck(broadcast_height: int, tip_height: int, config: BitcoinConfig) -> bool:
+    """Whether a transaction broadcast at `broadcast_height` and still unconfirmed at
+    `tip_height` has waited the configured number of blocks and should be replaced."""
+    return tip_height - broadcast_height >= config.bump_after_blocks

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from appliance.config import BitcoinConfig
+from appliance.frost import Tweak
 from appliance.store import ChainRecords
 from appliance.store.chain import DepositRow, OutputRow
 
 from .custody import CustodyOutput
 from .transaction import Block
+from .withdrawal import Spendable
 
 __all__ = ["MINTING_PAUSED", "ChainChange", "ChainView", "ConnectedBlock"]
 
@@ -61,8 +62,10 @@ class ChainView:
     def watched(self, script: bytes) -> bool:
         return script in self._watched
 
-    def tweaks_of(self, script: bytes) -> list[list[Any]]:
-        return self._watched[script].tweaks
+    def tweaks_of(self, script: bytes) -> tuple[Tweak, ...]:
+        return tuple(
+            Tweak(int(value, 16), bool(xonly)) for value, xonly in self._watched[script].tweaks
+        )
 
     # -- the chain -------------------------------------------------------------------------
     @property
@@ -229,3 +232,10 @@ class ChainView:
 
     def unspent(self, kinds: Sequence[str] | None = None) -> list[OutputRow]:
         return self.records.unspent(kinds)
+
+    def spendables(self, kinds: Sequence[str] | None = None) -> list[Spendable]:
+        """The custody key's unspent outputs, each with the tweaks that sign for it."""
+        return [
+            Spendable(o.txid, o.vout, o.amount, o.script, self.tweaks_of(o.script))
+            for o in self.unspent(kinds)
+        ]

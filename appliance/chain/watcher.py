@@ -70,6 +70,7 @@ class ChainWatcher:
         self.clock = clock
         self.state = SyncState("starting", "the chain has not been read yet")
         self.garbage = 0
+        self.notifications = 0  # ZMQ block notifications received
         self._wake = asyncio.Event()
         self._announced: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._sequences: dict[bytes, int] = {}
@@ -231,9 +232,12 @@ class ChainWatcher:
             self._wake.set()
 
     def _notification(self, frames: list[bytes]) -> None:
-        if len(frames) != 3 or len(frames[2]) != 4:
-            raise ValueError(f"notification of {len(frames)} frames")
+        if len(frames) != 3:
+            raise ValueError(f"notification of {len(frames)} frames, not 3")
+        if len(frames[2]) != 4:
+            raise ValueError(f"sequence number of {len(frames[2])} bytes, not 4")
         topic, body, sequence = frames[0], frames[1], int.from_bytes(frames[2], "little")
+        self.notifications += 1
         expected = self._sequences.get(topic)
         if expected is not None and sequence != expected:
             log.warning("ZMQ %s sequence jumped from %d to %d", topic.decode(), expected, sequence)

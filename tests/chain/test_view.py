@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import struct
-from typing import Any
 
 import pytest
 
@@ -22,36 +21,11 @@ from appliance.chain.transaction import (
     sha256d,
 )
 from appliance.chain.view import ChainView, ConnectedBlock
-from appliance.config import BitcoinConfig
 from appliance.frost import SECP256K1_TR, trusted_dealer_keygen
 from appliance.store import ChainRecords, Store
+from tests.chain.helpers import CONFIG, Audit
 
-CONFIG = BitcoinConfig(
-    network="regtest",
-    rpc_url="http://127.0.0.1:18443",
-    rpc_user="wire",
-    cookie_file=None,
-    zmq_block="tcp://127.0.0.1:28332",
-    scan_from_height=0,
-    normal_confirmations=6,
-    fork_confirmations=12,
-    fork_window_blocks=144,
-    poll_seconds=5,
-    max_tip_age_seconds=7200,
-    fee_target_blocks=6,
-    fee_floor_sat_vb=1,
-    fee_ceiling_sat_vb=500,
-    bump_after_blocks=3,
-)
 _nonces = itertools.count()
-
-
-class Audit(list[tuple[str, str, str]]):
-    def __call__(self, event: str, outcome: str, message: str, **fields: Any) -> None:
-        self.append((event, outcome, message))
-
-    def events(self) -> list[str]:
-        return [event for event, _, _ in self]
 
 
 def transaction(outputs: list[TxOut], spends: list[Outpoint] = ()) -> Transaction:  # type: ignore[assignment]

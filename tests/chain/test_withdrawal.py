@@ -23,7 +23,7 @@ from appliance.chain.withdrawal import (
     replace_withdrawal,
 )
 from appliance.frost import SECP256K1_TR, trusted_dealer_keygen
-from tests.chain.test_view import CONFIG
+from tests.chain.helpers import CONFIG
 from tests.frost.helpers import sign_with
 
 

@@ -57,8 +57,12 @@ def make_cluster(tmp_path: Path, journal: Journal) -> Iterator[Callable[..., Dev
     made: list[DevCluster] = []
 
     def make(parties: int = 3, threshold: int = 2, round_timeout: float = 3.0, start: bool = True,
-             faults: dict[int, str] | None = None) -> DevCluster:  # fmt: skip
-        cluster = DevCluster(tmp_path / f"cluster-{len(made)}", parties, threshold, round_timeout)
+             faults: dict[int, str] | None = None,
+             bitcoind: dict[str, Any] | None = None) -> DevCluster:  # fmt: skip
+        cluster = DevCluster(
+            tmp_path / f"cluster-{len(made)}", parties, threshold, round_timeout,
+            bitcoind=bitcoind,
+        )  # fmt: skip
         made.append(cluster)
         cluster.create()
         if start:

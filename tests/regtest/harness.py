@@ -19,7 +19,12 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["RegtestProcess", "RpcCallError"]
+from embit.transaction import Transaction
+
+from tests.regtest.blocks import assemble_block, block_subsidy, build_coinbase
+from tests.regtest.encoding import ParsedBlock, to_parsed
+
+__all__ = ["RegtestProcess", "RpcCallError", "block_on"]
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -248,3 +253,20 @@ def _json_default(value: Any) -> Any:
         # bitcoind accepts for amounts.
         return str(value)
     raise TypeError(f"cannot send {type(value).__name__}")
+
+
+def block_on(
+    node: RegtestProcess,
+    parent_hash: str,
+    payout: bytes,
+    *,
+    extra_sats: int = 0,
+    txs: list[Transaction] | None = None,
+) -> ParsedBlock:
+    """A block on `parent_hash` built with the node's own block helpers (not submitted)."""
+    parent = node.call("getblockheader", parent_hash)
+    height = parent["height"] + 1
+    others = [to_parsed(tx) for tx in txs or []]
+    coinbase = build_coinbase(height, payout, block_subsidy(height) + extra_sats, others)
+    when = max(parent["time"] + 1, parent["mediantime"] + 1, int(time.time()))
+    return assemble_block(bytes.fromhex(parent_hash)[::-1], when, [coinbase, *others])

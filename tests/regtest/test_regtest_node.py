@@ -16,9 +16,8 @@ import zmq
 from embit.script import Script, Witness
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
-from tests.regtest.blocks import assemble_block, block_subsidy, build_coinbase
-from tests.regtest.encoding import ParsedBlock, to_parsed
-from tests.regtest.harness import RegtestProcess, RpcCallError
+from tests.regtest.encoding import to_parsed
+from tests.regtest.harness import RegtestProcess, RpcCallError, block_on
 from tests.regtest.validation import Coin
 from tests.regtest.wallet import TaprootKey, sign_key_path
 
@@ -67,23 +66,6 @@ def spend(
     )
     sign_key_path(tx, [Coin(value, key.script_pubkey, 0, False)], [key])
     return tx
-
-
-def block_on(
-    node: RegtestProcess,
-    parent_hash: str,
-    payout: bytes,
-    *,
-    extra_sats: int = 0,
-    txs: list[Transaction] | None = None,
-) -> ParsedBlock:
-    """A block on `parent_hash` built with the node's own block helpers (not submitted)."""
-    parent = node.call("getblockheader", parent_hash)
-    height = parent["height"] + 1
-    others = [to_parsed(tx) for tx in txs or []]
-    coinbase = build_coinbase(height, payout, block_subsidy(height) + extra_sats, others)
-    when = max(parent["time"] + 1, parent["mediantime"] + 1, int(time.time()))
-    return assemble_block(bytes.fromhex(parent_hash)[::-1], when, [coinbase, *others])
 
 
 def rpc_error(node: RegtestProcess, method: str, *params: object) -> RpcCallError:
