@@ -45,6 +45,8 @@ def test_demo_prints_verifiable_signatures() -> None:
     output.tweak_add(tagged("TapTweak", internal))
     digest = tagged("wire-mpc/test-signing", message)
     assert output.verify(bytes.fromhex(summary["signatures"]["custody"]), digest)
+    assert summary["deposit"]["seen_by_every_node"]
+    assert summary["deposit"]["address"].startswith("bcrt1p")
     # The demo leaves nothing running: no process of its cluster is alive.
     assert not [p for p in Path("/proc").glob("[0-9]*") if b"wire-demo-" in _cmdline(p)]
 

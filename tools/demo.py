@@ -1,10 +1,12 @@
 """`make demo`: a local 2-of-3 cluster of wire-mpc nodes, from provisioning to signatures.
 
 Three wire-mpcd processes on loopback, each with its own SoftHSM2 token, database, CURVE
-keys and configuration: the nodes run the DKG of both keys, compare the keys, and sign a
-test message with both. Every signature is then checked by verifiers that share no code
-with the nodes: OpenSSL's Ed25519 (through `cryptography`) and libsecp256k1's BIP340.
-Nothing is left running.
+keys and configuration, following a regtest node whose every block libbitcoinkernel judges:
+the nodes run the DKG of both keys, compare the keys, and sign a test message with both;
+then a deposit to a Wire recipient's address is mined and confirmed, and every node sees
+it in its own chain view. Every signature is checked by verifiers that share no code with
+the nodes: OpenSSL's Ed25519 (through `cryptography`) and libsecp256k1's BIP340. Nothing is
+left running.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from coincurve import PublicKeyXOnly
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from tests.regtest.harness import RegtestProcess
 from tools.devcluster import DevCluster
 
 MESSAGE = "wire-mpc demo: the cluster is ready"
@@ -55,11 +58,35 @@ def verify(keys: dict[str, Any], message: bytes, signatures: list[str]) -> dict[
     }
 
 
+def wait_for_view(cluster: DevCluster, height: int, within: float = 30.0) -> dict[str, Any]:
+    """Every node's view of bitcoind once all have reached `height` (bounded wait)."""
+    deadline = time.monotonic() + within
+    while True:
+        views = {n.node_id: n.call("status")["bitcoin"] for n in cluster.nodes.values()}
+        if all(v["view_height"] == height for v in views.values()):
+            return views
+        if time.monotonic() > deadline:
+            return views
+        time.sleep(0.2)
+
+
 def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="wire-demo-"))
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    cluster = DevCluster(root, parties=3, threshold=2)
+    step("starting the regtest node (bitcoind's RPC and ZMQ; blocks judged by libbitcoinkernel)")
+    bitcoind = RegtestProcess(root / "bitcoind")
+    bitcoind.start()
+    bitcoind.call("generatetoaddress", 101, bitcoind.call("getnewaddress"))
+    print(f"   RPC {bitcoind.rpc_url}, ZMQ {bitcoind.zmq_endpoint}, height 101")
+    section = {
+        "network": "regtest",
+        "rpc_url": bitcoind.rpc_url,
+        "cookie_file": str(bitcoind.cookie_path),
+        "zmq_block": bitcoind.zmq_endpoint,
+        "poll_seconds": 1,
+    }
+    cluster = DevCluster(root, parties=3, threshold=2, bitcoind=section)
     try:
         step("provisioning three nodes: SoftHSM2 tokens, identity keys, CURVE keys, configs")
         cluster.create()
@@ -106,22 +133,47 @@ def main() -> int:
         print(f"   attestation signature {signed['signatures'][0][:32]}…")
         print(f"   custody signature     {signed['signatures'][1][:32]}…")
         print(f"   independent verification: {checks}")
+
+        step("a deposit to the address of Wire recipient 'wire:alice', mined to 6 blocks")
+        answers = [
+            n.call("deposit-address", recipient="wire:alice") for n in cluster.nodes.values()
+        ]
+        address = answers[0]["address"]
+        print(f"   deposit address {address} (the same on every node: "
+              f"{len({a['address'] for a in answers}) == 1})")  # fmt: skip
+        deposit_txid = bitcoind.call("sendtoaddress", address, "0.5")
+        bitcoind.call("generatetoaddress", 6, bitcoind.call("getnewaddress"))
+        tip = bitcoind.call("getblockcount")
+        seen = wait_for_view(cluster, tip)
+        for node_id, view in seen.items():
+            print(f"   {node_id}: bitcoind {view['sync']} at {view['view_height']}, "
+                  f"custody outputs {view['custody_utxos']} ({view['custody_sats']} sat), "
+                  f"deposits need {view['required_confirmations']} confirmations")  # fmt: skip
+        deposit = {
+            "recipient": "wire:alice",
+            "address": address,
+            "txid": deposit_txid,
+            "confirmations": 6,
+            "seen_by_every_node": all(v["custody_sats"] == 50_000_000 for v in seen.values()),
+        }
     finally:
         cluster.close()
+        bitcoind.stop()
     print("\nall nodes stopped")
     summary = {
-        "demo": "local 2-of-3 cluster: DKG and test signing",
+        "demo": "local 2-of-3 cluster: DKG, test signing, a confirmed deposit",
         "group_keys": keys,
         "same_keys_on_every_node": same,
         "test_message": MESSAGE,
         "signers": signed["signers"],
         "signatures": {"attestation": signed["signatures"][0], "custody": signed["signatures"][1]},
         "verified": checks,
+        "deposit": deposit,
         "timings": timings,
     }
     print("\nSummary (JSON):")
     print(json.dumps(summary, indent=2))
-    return 0 if same and all(checks.values()) else 1
+    return 0 if same and all(checks.values()) and deposit["seen_by_every_node"] else 1
 
 
 if __name__ == "__main__":
