@@ -137,6 +137,36 @@ EVENTS: Final[dict[str, AuditEvent]] = {
         journal.LOG_WARNING,
         "bitcoind refused a transaction",
     ),
+    "service.switched": AuditEvent(
+        "63b6d7c8ef264d1795829083bceb0578",
+        journal.LOG_WARNING,
+        "an operator enabled or disabled the service",
+    ),
+    "key.backup": AuditEvent(
+        "7e2186a9fce94012aae73474cd4f3170",
+        journal.LOG_NOTICE,
+        "an encrypted backup of a key share was made",
+    ),
+    "key.restore": AuditEvent(
+        "44a6be64122f4aac830f6c742662fac2",
+        journal.LOG_WARNING,
+        "a key share was restored from a backup (or the restore was refused)",
+    ),
+    "api.request": AuditEvent(
+        "dbdf7f8a518a45e693bbab5702dd7bd7",
+        journal.LOG_INFO,
+        "a request reached the control API",
+    ),
+    "api.login": AuditEvent(
+        "145d9d5c7ec949d48961796bfb4cc656",
+        journal.LOG_NOTICE,
+        "an operator logged in to the control API, or failed to",
+    ),
+    "api.user": AuditEvent(
+        "8c38513381d14073adba27a7140257ae",
+        journal.LOG_NOTICE,
+        "an operator account was created or disabled",
+    ),
     "control.refused": AuditEvent(
         "619d1ca07ac14fc4828a48baec2e6de5",
         journal.LOG_WARNING,

@@ -71,6 +71,18 @@ NETWORKS = ("mainnet", "testnet", "signet", "regtest")
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    """The operators' control API (`wire-api`): where it listens and how sessions last."""
+
+    socket: Path
+    socket_group: str | None  # the group allowed to connect (mode 0660); None: owner only
+    database: Path  # operator accounts and sessions (hashes and TOTP seeds, no key material)
+    session_seconds: float
+    workers: int
+    metrics_dir: Path  # the API workers' Prometheus files, collected by the engine's exporter
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     cluster_id: str
     node_id: str
@@ -84,6 +96,8 @@ class NodeConfig:
     round_timeout: float
     hsm: HsmConfig
     bitcoin: BitcoinConfig | None = None
+    api: ApiConfig | None = None
+    metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9101)
     curve_secret: SecretSource = field(
         default_factory=lambda: SecretSource(
             "curve-secret-key", environment="WIRE_MPC_CURVE_SECRET_KEY"
@@ -231,6 +245,10 @@ def parse_config(document: Any) -> NodeConfig:
     round_timeout = ceremony.take("round_timeout_seconds", _number, 10.0)
     ceremony.done()
     bitcoin = _bitcoin(top.section("bitcoind")) if "bitcoind" in top.data else None
+    api = _api(top.section("api", {}), data_dir, engine_socket)
+    metrics = top.section("metrics", {})
+    metrics_listen = metrics.take("listen", _metrics_address, "127.0.0.1:9101")
+    metrics.done()
     top.done()
 
     if node_id not in {p.node_id for p in parties}:
@@ -250,7 +268,35 @@ def parse_config(document: Any) -> NodeConfig:
         round_timeout=round_timeout,
         hsm=HsmConfig(module=module, token_label=label),
         bitcoin=bitcoin,
+        api=api,
+        metrics_listen=metrics_listen,
     )
+
+
+def _api(fields: StrictObject, data_dir: Path, engine_socket: Path) -> ApiConfig:
+    runtime = engine_socket.parent
+    config = ApiConfig(
+        socket=fields.take("socket", _path, runtime / "api.sock"),
+        socket_group=fields.take(
+            "socket_group", lambda v, p: None if v is None else _name(v, p), "wire-operators"
+        ),
+        database=fields.take("database", _path, data_dir / "api.db"),
+        session_seconds=fields.take("session_seconds", _number, 900.0),
+        workers=fields.take("workers", lambda v, p: as_integer(v, p, 1, 64), 2),
+        metrics_dir=fields.take("metrics_dir", _path, runtime / "api-metrics"),
+    )
+    fields.done()
+    return config
+
+
+def _metrics_address(value: Any, path: str) -> tuple[str, int] | None:
+    """`host:port` on loopback, or null for no exporter: metrics never leave the machine."""
+    if value is None:
+        return None
+    host, port = _address(value, path).rsplit(":", 1)
+    if host not in ("127.0.0.1", "::1"):
+        raise ValueError(f"the metrics exporter listens on loopback only, not on {host}")
+    return host, int(port)
 
 
 def _bitcoin(fields: StrictObject) -> BitcoinConfig:

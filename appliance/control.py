@@ -32,7 +32,15 @@ log = logging.getLogger(__name__)
 MAX_REQUEST = 1 << 20
 
 # Commands that change state: refused when their audit record cannot be written.
-STATE_CHANGING = {"dkg", "test-signing", "key-rotation", "deposit-address"}
+STATE_CHANGING = {
+    "dkg",
+    "test-signing",
+    "key-rotation",
+    "deposit-address",
+    "set-service",
+    "backup-key-share",
+    "restore-key-share",
+}
 
 
 class EngineError(Exception):
@@ -65,6 +73,12 @@ class ControlServer:
             "key-rotation": self._key_rotation,
             "ceremony": self._ceremony,
             "deposit-address": self._deposit_address,
+            "service-status": self._service_status,
+            "set-service": self._set_service,
+            "backup-key-share": self._backup_key_share,
+            "restore-key-share": self._restore_key_share,
+            "init": self._init,
+            "security-check": self._security_check,
         }
 
     async def start(self) -> None:
@@ -208,8 +222,46 @@ class ControlServer:
             raise ValueError("since_height must be a block height")
         return await self.engine.deposit_address(recipient, since)
 
+    async def _service_status(self, params: dict[str, Any], actor: str) -> Any:
+        return self.engine.service_status()
+
+    async def _set_service(self, params: dict[str, Any], actor: str) -> Any:
+        enabled = params["enabled"]
+        if not isinstance(enabled, bool):
+            raise ValueError("enabled must be true or false")
+        return self.engine.set_service(enabled, str(params.get("reason") or ""), actor)
+
+    async def _backup_key_share(self, params: dict[str, Any], actor: str) -> Any:
+        return self.engine.backup_key_share(
+            str(params["key"]),
+            _optional(params, "passphrase"),
+            _optional(params, "recipient"),
+            actor,
+        )
+
+    async def _restore_key_share(self, params: dict[str, Any], actor: str) -> Any:
+        return self.engine.restore_key_share(
+            str(params["backup"]),
+            _optional(params, "passphrase"),
+            _optional(params, "recovery_key"),
+            actor,
+        )
+
+    async def _init(self, params: dict[str, Any], actor: str) -> Any:
+        return self.engine.node_identity()
+
+    async def _security_check(self, params: dict[str, Any], actor: str) -> Any:
+        return {"node_id": self.engine.config.node_id, "items": self.engine.security_check()}
+
     async def _ceremony(self, params: dict[str, Any], actor: str) -> Any:
         return self.engine.ceremony_info(str(params["ceremony_id"]))
+
+
+def _optional(params: dict[str, Any], name: str) -> str | None:
+    value = params.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{name} must be a string")
+    return value
 
 
 class EngineClient:

@@ -5,16 +5,20 @@ every accepted envelope to its ceremony, and carries out the commands of its con
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import dataclasses
 import json
 import logging
 import re
+import shutil
 import time
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from appliance.audit import AuditUnavailableError, audit
+from appliance.audit import JOURNAL_SOCKET, AuditUnavailableError, audit
 from appliance.ceremony.base import BRIDGE_KEYS, Ceremony, MalformedPayload
 from appliance.ceremony.dkg import DkgCeremony
 from appliance.ceremony.refresh import RefreshCeremony
@@ -34,7 +38,17 @@ from appliance.config import NodeConfig
 from appliance.frost import KeyShare, PublicKeyPackage
 from appliance.mesh.envelope import Envelope
 from appliance.mesh.transport import Mesh
+from appliance.metrics import CEREMONY_KINDS, EngineMetrics, Snapshot
 from appliance.store import Store
+from appliance.store.database import KeyRow
+from hsm.backup import (
+    Passphrase,
+    RecoveryKey,
+    create_backup,
+    load_recovery_key,
+    restore_backup,
+)
+from hsm.errors import HsmError
 from hsm.keystore import Keystore
 from hsm.vault import ShareVault
 
@@ -44,6 +58,7 @@ log = logging.getLogger(__name__)
 
 CEREMONY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 APPROVAL_SECONDS = 3600
+SERVICE_DISABLED = "service-disabled"
 PENDING_PER_CEREMONY = 256
 PENDING_CEREMONIES = 16
 
@@ -81,6 +96,11 @@ class Engine:
         self.chain = (
             ChainService(config.bitcoin, store, self.audit) if config.bitcoin is not None else None
         )
+        if config.api is not None:  # the API's workers write their metrics here
+            config.api.metrics_dir.mkdir(mode=0o770, parents=True, exist_ok=True)
+        self.metrics = EngineMetrics(
+            self.metrics_snapshot, config.api.metrics_dir if config.api is not None else None
+        )
         self.ceremonies: dict[str, Ceremony] = {}
         self.finished: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.pending: dict[str, list[Envelope]] = {}
@@ -88,6 +108,7 @@ class Engine:
         self.started = time.time()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refusals: dict[tuple[str, str], tuple[float, int]] = {}
+        self._stop_metrics: Callable[[], None] | None = None
 
     # -- what ceremonies use (NodeServices) ---------------------------------------------
     def envelope(self, ceremony_id: str, round_name: str, payload: bytes) -> bytes:
@@ -98,7 +119,13 @@ class Engine:
 
     def audit(self, event: str, outcome: str, message: str, **fields: Any) -> None:
         fields.setdefault("actor", self.config.node_id)
-        audit(event, outcome, message, **fields)
+        if event == "chain.deposit-reorged":
+            self.metrics.deposit_reorged(fields.get("attested") == "true")
+        try:
+            audit(event, outcome, message, **fields)
+        except AuditUnavailableError:
+            self.metrics.audit_failed()
+            raise
 
     def open_share(self, key_name: str) -> KeyShare:
         key = self.store.active_key(key_name)
@@ -122,6 +149,9 @@ class Engine:
         return self.store.approved(kind, content_hash, now)
 
     def signing_blocked(self) -> str | None:
+        disabled = self.service_disabled()
+        if disabled is not None:
+            return f"the service is disabled: {disabled}"
         if self.chain is None or self.chain.watcher.state.synced:
             return None
         state = self.chain.watcher.state
@@ -226,13 +256,22 @@ class Engine:
         return task
 
     async def _run(self, ceremony: Ceremony) -> dict[str, Any]:
+        started = time.monotonic()
+        outcome = "failed"
         try:
-            return await ceremony.run()
+            result = await ceremony.run()
+            outcome = "completed" if result.get("state") == "completed" else "failed"
+            return result
         except Exception as exc:
             log.exception("ceremony %s crashed", ceremony.id)
             self.store.finish_ceremony(ceremony.id, "failed", {"reason": f"internal error: {exc}"})
             return {"ceremony": ceremony.id, "state": "failed", "reason": f"internal error: {exc}"}
+        except asyncio.CancelledError:
+            outcome = "abandoned"
+            raise
         finally:
+            if ceremony.kind in CEREMONY_KINDS:
+                self.metrics.ceremony_finished(ceremony.kind, outcome, time.monotonic() - started)
             self.ceremonies.pop(ceremony.id, None)
             self.finished[ceremony.id] = time.monotonic()
             while len(self.finished) > 1000:
@@ -262,6 +301,7 @@ class Engine:
 
     async def dkg(self, ceremony_id: str) -> dict[str, Any]:
         """This node's consent to, and part in, the DKG `ceremony_id` of both keys."""
+        self._require_service()
         result = await self._start(DkgCeremony(self, self._ceremony_id(ceremony_id)))
         self._watch_custody()
         return result
@@ -297,6 +337,7 @@ class Engine:
 
     async def key_rotation(self, ceremony_id: str, reason: str) -> dict[str, Any]:
         """This node's consent to, and part in, refreshing the shares of both keys."""
+        self._require_service()
         if not reason:
             raise CommandError("bad-request", "a key rotation needs a reason")
         return await self._start(RefreshCeremony(self, self._ceremony_id(ceremony_id), reason))
@@ -409,6 +450,237 @@ class Engine:
             "blame": [{"participant": p, "reason": r} for p, r in self.store.blame(row.id)],
         }
 
+    def metrics_snapshot(self) -> Snapshot:
+        """What the Prometheus exporter reports, read at each scrape."""
+        peers = list(self.mesh.peers.values())
+        try:
+            self.keystore.check()
+            hsm_up = True
+        except HsmError:
+            hsm_up = False
+        synced = height = tip_age = None
+        pending_deposits = 0
+        minting_paused = False
+        if self.chain is not None:
+            state = self.chain.watcher.state
+            synced, height = state.synced, state.height
+            tip_age = None if state.tip_time is None else max(0.0, time.time() - state.tip_time)
+            pending_deposits = len(self.chain.view.records.deposits("confirmed"))
+            minting_paused = self.chain.view.minting_paused() is not None
+        disk = shutil.disk_usage(self.config.data_dir)
+        return Snapshot(
+            up=True,
+            peers_total=len(peers),
+            peers_connected=sum(p.connected for p in peers),
+            peers_authenticated=sum(p.authenticated for p in peers),
+            hsm_up=hsm_up,
+            bitcoind_synced=synced,
+            bitcoind_height=height,
+            bitcoind_tip_age_seconds=tip_age,
+            minting_paused=minting_paused,
+            signing_blocked=self.signing_blocked() is not None,
+            pending_deposits=pending_deposits,
+            pending_withdrawals=0,  # withdrawals arrive with the burn workflow
+            open_ceremonies=len(self.ceremonies),
+            data_disk_free_bytes=disk.free,
+            data_disk_size_bytes=disk.total,
+        )
+
+    # -- the service switch, backups, checks ------------------------------------------------
+    def service_disabled(self) -> str | None:
+        row = self.store.connection.execute(
+            "SELECT reason FROM flags WHERE name = ?", (SERVICE_DISABLED,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_service(self, enabled: bool, reason: str, actor: str) -> dict[str, Any]:
+        """`disable-service` stops every signature (and key ceremony) on this node until
+        `enable-service`; status and key-info keep answering."""
+        if not enabled and not reason:
+            raise CommandError("bad-request", "disabling the service needs a reason")
+        with self.store.transaction():
+            if enabled:
+                self.store.connection.execute(
+                    "DELETE FROM flags WHERE name = ?", (SERVICE_DISABLED,)
+                )
+            else:
+                self.store.connection.execute(
+                    "INSERT OR REPLACE INTO flags VALUES (?, 'true', ?, ?)",
+                    (SERVICE_DISABLED, f"{reason} (by {actor})", time.time()),
+                )
+        self.audit(
+            "service.switched", "success",
+            f"service {'enabled' if enabled else 'disabled'} by {actor}: {reason or '-'}",
+            actor=actor, enabled=str(enabled).lower(),
+        )  # fmt: skip
+        return self.service_status()
+
+    def service_status(self) -> dict[str, Any]:
+        disabled = self.service_disabled()
+        return {
+            "enabled": disabled is None,
+            "reason": disabled,
+            "signing_blocked": self.signing_blocked(),
+        }
+
+    def _require_service(self) -> None:
+        disabled = self.service_disabled()
+        if disabled is not None:
+            raise CommandError("service-disabled", f"the service is disabled: {disabled}")
+
+    def backup_key_share(
+        self, key_name: str, passphrase: str | None, recipient: str | None, actor: str
+    ) -> dict[str, Any]:
+        """An encrypted backup of this node's share of an active key, protected by an
+        operator passphrase or a recovery public key; the share never leaves unencrypted."""
+        if key_name not in BRIDGE_KEYS:
+            raise CommandError("bad-request", f"key must be one of {sorted(BRIDGE_KEYS)}")
+        protect: Passphrase | RecoveryKey
+        if (passphrase is None) == (recipient is None):
+            raise CommandError("bad-request", "give exactly one of passphrase or recipient")
+        if passphrase is not None:
+            if len(passphrase) < 12:
+                raise CommandError(
+                    "bad-request", "a backup passphrase needs at least 12 characters"
+                )
+            protect = Passphrase(passphrase)
+        else:
+            try:
+                public = bytes.fromhex(recipient or "")
+            except ValueError:
+                public = b""
+            if len(public) != 32:
+                raise CommandError("bad-request", "recipient must be a 32-byte X25519 key in hex")
+            protect = RecoveryKey(public)
+        key = self.store.active_key(key_name)
+        if key is None:
+            raise CommandError("no-key", f"this node holds no active {key_name} key; run the DKG")
+        record_name = f"{key_name}-{key.epoch}"
+        record = self.vault.load(record_name)
+        share = self.vault.open(self.keystore, record_name)
+        try:
+            created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            data = create_backup(record, share, protect, created)
+        finally:
+            share.wipe()
+        self.audit(
+            "key.backup", "success",
+            f"backup of {record_name} ({key.fingerprint}) made by {actor}",
+            actor=actor, key=key_name, fingerprint=key.fingerprint,
+        )  # fmt: skip
+        return {
+            "key": key_name,
+            "epoch": key.epoch,
+            "fingerprint": key.fingerprint,
+            "protection": "passphrase" if passphrase is not None else "recovery key",
+            "backup": base64.b64encode(data).decode(),
+        }
+
+    def restore_key_share(
+        self, backup: str, passphrase: str | None, recovery_key: str | None, actor: str
+    ) -> dict[str, Any]:
+        """Check a backup against this node, seal its share under this node's HSM, and make
+        its key known to the store if it is not (a node rebuilt from scratch)."""
+        try:
+            data = base64.b64decode(backup, validate=True)
+        except ValueError as exc:
+            raise CommandError("bad-request", "backup must be base64") from exc
+        if (passphrase is None) == (recovery_key is None):
+            raise CommandError("bad-request", "give exactly one of passphrase or recovery_key")
+        try:
+            unlock: Passphrase | RecoveryKey = (
+                Passphrase(passphrase) if passphrase is not None
+                else load_recovery_key((recovery_key or "").encode())
+            )  # fmt: skip
+            me = self.config.me
+            record = restore_backup(
+                self.vault, self.keystore, data, unlock,
+                self.config.cluster_id, me.node_id, me.identifier,
+            )  # fmt: skip
+        except HsmError as exc:
+            self.audit("key.restore", "refused", f"restore refused: {exc}", actor=actor)
+            raise CommandError("restore-refused", str(exc)) from exc
+        name, _, epoch_text = record.key_name.rpartition("-")
+        epoch = int(epoch_text)
+        known = {(k.name, k.epoch) for k in self.store.key_records()}
+        if (name, epoch) not in known:
+            public = record.public
+            self.store.add_key(
+                KeyRow(name, epoch, public.suite.context.decode(), public.group_key,
+                       public.fingerprint, public.threshold, "active", "restored")
+            )  # fmt: skip
+        self.audit(
+            "key.restore", "success",
+            f"share of {record.key_name} ({record.public.fingerprint}) restored by {actor}",
+            actor=actor, key=name, fingerprint=record.public.fingerprint,
+        )  # fmt: skip
+        return {"key": name, "epoch": epoch, "fingerprint": record.public.fingerprint}
+
+    def node_identity(self) -> dict[str, Any]:
+        """`init`: what the other operators need to configure this node as a party."""
+        me = self.config.me
+        return {
+            "cluster_id": self.config.cluster_id,
+            "node_id": me.node_id,
+            "identifier": me.identifier,
+            "address": me.address,
+            "curve_public_key": me.curve_public_key,
+            "identity_public_key": self.keystore.identity_public_key.hex(),
+            "hsm_token": self.keystore.label,
+            "keys": {k.name: k.fingerprint for k in self.store.key_records("active")},
+        }
+
+    def security_check(self) -> list[dict[str, Any]]:
+        """The engine's side of `security-check`: each item passes or fails with its reason."""
+        items: list[dict[str, Any]] = []
+
+        def item(name: str, passed: bool, detail: str) -> None:
+            items.append({"check": name, "passed": passed, "detail": detail})
+
+        try:
+            self.keystore.check()
+            item("hsm", True, f"token {self.keystore.label}: KEK sensitive and never "
+                 "extractable; identity key present")  # fmt: skip
+        except HsmError as exc:
+            item("hsm", False, str(exc))
+        for path, wanted in [
+            (self.config.data_dir, 0o700),
+            (self.vault.directory, 0o700),
+            (self.config.engine_socket, 0o600),
+        ]:
+            try:
+                mode = path.stat().st_mode & 0o777
+            except OSError as exc:
+                item(f"permissions {path}", False, f"cannot stat: {exc.strerror}")
+                continue
+            item(f"permissions {path}", mode & ~wanted == 0,
+                 f"mode {mode:04o}, at most {wanted:04o} allowed")  # fmt: skip
+        loose = [p.name for p in self.vault.directory.glob("*") if p.stat().st_mode & 0o077]
+        detail = f"too open: {', '.join(loose)}" if loose else "every share record is 0600"
+        item("sealed shares", not loose, detail)
+        journal_ok = JOURNAL_SOCKET.is_socket()
+        item("audit", journal_ok, "journald accepts records" if journal_ok
+             else f"no journald socket at {JOURNAL_SOCKET}")  # fmt: skip
+        peers = self.mesh.peers
+        unauthenticated = [s.party.node_id for s in peers.values() if not s.authenticated]
+        item("peers", not unauthenticated,
+             f"all {len(peers)} peers authenticated" if not unauthenticated
+             else f"not authenticated: {', '.join(unauthenticated)}")  # fmt: skip
+        if self.chain is None:
+            item("bitcoind", False, "no bitcoind configured")
+        else:
+            state = self.chain.watcher.state
+            item("bitcoind", state.synced, f"{state.name}: {state.reason}")
+        item("configuration", 2 * self.config.threshold > len(self.config.parties),
+             f"threshold {self.config.threshold} of {len(self.config.parties)}"
+             + ("" if 2 * self.config.threshold > len(self.config.parties)
+                else ": a minority could sign"))  # fmt: skip
+        sealed = any(Path("/var/log/journal").glob("*/fss"))
+        fss = "Forward Secure Sealing keys present"
+        no_fss = "no FSS key in /var/log/journal (the image runs journalctl --setup-keys)"
+        item("journal sealing", sealed, fss if sealed else no_fss)
+        return items
+
     # -- life --------------------------------------------------------------------------------
     async def start(self) -> None:
         for ceremony_id in self.store.abandon_open_ceremonies():
@@ -418,6 +690,9 @@ class Engine:
                 ceremony=ceremony_id,
             )  # fmt: skip
         await self.mesh.start()
+        if self.config.metrics_listen is not None:
+            host, port = self.config.metrics_listen
+            self._stop_metrics = self.metrics.serve(host, port)
         if self.chain is not None:
             self._watch_custody()
             await self.chain.start()
@@ -428,6 +703,8 @@ class Engine:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.mesh.close()
+        if self._stop_metrics is not None:
+            self._stop_metrics()
         if self.chain is not None:
             await self.chain.close()
         try:

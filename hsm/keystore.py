@@ -217,6 +217,12 @@ class Keystore:
             session.close()
             raise
 
+    def check(self) -> None:
+        """Look at the token's KEK and identity key again (another session could have changed
+        them); raises the same errors as opening the keystore."""
+        _kek(self._session)
+        _identity(self._session)
+
     def close(self) -> None:
         # After the library was re-initialised the session is already gone.
         with contextlib.suppress(SessionHandleInvalid):

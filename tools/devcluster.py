@@ -54,7 +54,10 @@ class DevNode:
         self.root = cluster.root / self.node_id
         self.port = port
         self.socket = cluster.socket_dir / f"{identifier}.sock"
+        self.api_socket = cluster.socket_dir / f"{identifier}-api.sock"
+        self.metrics_port = 0
         self.process: subprocess.Popen[bytes] | None = None
+        self.api_process: subprocess.Popen[bytes] | None = None
         self.curve_public = ""
         self.identity_public = ""
 
@@ -146,6 +149,14 @@ class DevNode:
         }
         if self.cluster.bitcoind is not None:
             config["bitcoind"] = self.cluster.bitcoind
+        config["api"] = {
+            "socket": str(self.api_socket),
+            "socket_group": None,
+            "database": str(self.data_dir / "api.db"),
+            "metrics_dir": str(self.root / "api-metrics"),
+            "session_seconds": self.cluster.session_seconds,
+        }
+        config["metrics"] = {"listen": f"127.0.0.1:{self.metrics_port}"}
         self.config_path.write_text(json.dumps(config, indent=2) + "\n")
 
     def start(self, command: list[str] | None = None) -> None:
@@ -158,12 +169,30 @@ class DevNode:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        if self.cluster.api:
+            self.api_process = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf"],
+                env={**self.environment(), "WIRE_MPC_CONFIG": str(self.config_path)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=REPO,
+            )
         log.close()
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, kill: bool = False, timeout: float = 15.0) -> None:
+        if self.api_process is not None:
+            if self.api_process.poll() is None:
+                self.api_process.terminate()
+                try:
+                    self.api_process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.api_process.kill()
+                    self.api_process.wait()
+            self.api_process = None
         if self.process is None:
             return
         if self.process.poll() is None:
@@ -188,7 +217,12 @@ class DevNode:
                 raise RuntimeError(f"{self.node_id} exited: {self.log_path.read_text()[-2000:]}")
             try:
                 self.call("status", within=5)
-                return
+                if not self.cluster.api or self.api_socket.exists():
+                    return
+                if self.api_process is not None and self.api_process.poll() is not None:
+                    raise RuntimeError(f"{self.node_id}'s API exited: "
+                                       f"{self.log_path.read_text()[-2000:]}")  # fmt: skip
+                time.sleep(0.05)
             except (OSError, EngineError):
                 time.sleep(0.05)
         raise RuntimeError(f"{self.node_id} did not answer within the deadline")
@@ -203,16 +237,22 @@ class DevCluster:
         round_timeout: float = 10.0,
         cluster_id: str = "wire-dev",
         bitcoind: dict[str, Any] | None = None,
+        api: bool = False,
+        session_seconds: float = 900.0,
     ) -> None:
         self.root = root
+        self.api = api  # also run each node's wire-api (gunicorn) on its own socket
+        self.session_seconds = session_seconds
         self.bitcoind = bitcoind  # the `bitcoind` section of every node's configuration
         self.threshold = threshold
         self.round_timeout = round_timeout
         self.cluster_id = cluster_id
         # Unix socket paths are limited to 108 bytes: keep them short.
         self.socket_dir = Path(tempfile.mkdtemp(prefix="wire-", dir="/tmp"))
-        ports = free_ports(parties)
+        ports = free_ports(2 * parties)
         self.nodes = {i: DevNode(self, i, ports[i - 1]) for i in range(1, parties + 1)}
+        for i, node in self.nodes.items():
+            node.metrics_port = ports[parties + i - 1]
 
     def __getitem__(self, identifier: int) -> DevNode:
         return self.nodes[identifier]

@@ -46,6 +46,7 @@ class SyncState:
     reason: str
     height: int | None = None
     best_hash: str | None = None
+    tip_time: float | None = None  # the block time of bitcoind's tip, when known
 
     @property
     def synced(self) -> bool:
@@ -125,21 +126,31 @@ class ChainWatcher:
             return self._set("unreachable", f"bitcoind answered with garbage: {exc}")
         if headers > height + 1:
             return self._set(
-                "behind", f"bitcoind has {headers - height} headers it has not validated"
-            )
+                "behind", f"bitcoind has {headers - height} headers it has not validated",
+                height, best, tip_time,
+            )  # fmt: skip
         age = self.clock() - tip_time
         if age > self.config.max_tip_age_seconds:
-            return self._set("behind", f"bitcoind's tip is {int(age)} s old", height, best)
+            return self._set(
+                "behind", f"bitcoind's tip is {int(age)} s old", height, best, tip_time
+            )
         tip = self.view.tip
         if tip is None or tip[0] != best:
-            return self._set("behind", "the chain moved while it was being read", height, best)
-        return self._set("synced", f"at height {height}", height, best)
+            return self._set(
+                "behind", "the chain moved while it was being read", height, best, tip_time
+            )
+        return self._set("synced", f"at height {height}", height, best, tip_time)
 
     def _set(
-        self, name: str, reason: str, height: int | None = None, best: str | None = None
+        self,
+        name: str,
+        reason: str,
+        height: int | None = None,
+        best: str | None = None,
+        tip_time: float | None = None,
     ) -> SyncState:
         previous = self.state
-        self.state = SyncState(name, reason, height, best)
+        self.state = SyncState(name, reason, height, best, tip_time)
         if previous.name != name:
             self.audit(
                 "chain.sync-state", "success" if name == "synced" else "warning",

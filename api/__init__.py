@@ -1,0 +1,1 @@
+"""wire-api: the operators' control API (Falcon under gunicorn) and the mpc_operator client."""

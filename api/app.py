@@ -1,0 +1,251 @@
+"""The Falcon application of `wire-api`: for every request, find its route, authenticate the
+session, check the role, check the body, ask for a fresh TOTP code where the route is
+sensitive, write the audit record (refusing a state change whose record cannot be written),
+run the handler, and answer JSON; errors are JSON with a stable code and a readable title.
+
+It holds no key material and never opens the HSM: the engine does the work."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import falcon
+
+from api.accounts import AccountError, Accounts, User
+from api.engine import EngineLink, EngineRefused, EngineUnavailable
+from api.metrics import ApiMetrics
+from api.routes import ROUTES, Call, NotBuilt, Route
+from api.schema import Invalid, check, coerce_query, openapi
+from appliance.audit import AuditUnavailableError, audit
+from appliance.config import NodeConfig, load_config
+
+__all__ = ["create_app", "from_environment"]
+
+log = logging.getLogger("wire-api")
+VERSION = "1"
+MAX_BODY = 2 << 20
+
+# The engine's error codes, as HTTP statuses.
+ENGINE_STATUS = {
+    "bad-request": 400,
+    "not-found": 404,
+    "no-key": 409,
+    "duplicate-ceremony": 409,
+    "service-disabled": 409,
+    "no-bitcoind": 409,
+    "audit-unavailable": 503,
+    "unknown-method": 501,
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, title: str) -> None:
+        super().__init__(title)
+        self.status = status
+        self.code = code
+        self.title = title
+
+
+class Resource:
+    """All routes of one path template."""
+
+    def __init__(self, app: WireApi, routes: dict[str, Route]) -> None:
+        self.app = app
+        self.routes = routes
+        for method in routes:
+            setattr(self, f"on_{method.lower()}", self._respond)
+
+    def _respond(self, req: falcon.Request, resp: falcon.Response, **params: str) -> None:
+        self.app.respond(self.routes[req.method], req, resp, params)
+
+
+class WireApi:
+    def __init__(self, config: NodeConfig) -> None:
+        assert config.api is not None
+        self.config = config
+        self.settings = config.api
+        self.accounts = Accounts(
+            self.settings.database, f"wire-mpc {config.cluster_id}/{config.node_id}",
+            session_seconds=self.settings.session_seconds,
+        )  # fmt: skip
+        self.engine = EngineLink(config.engine_socket)
+        self.metrics = ApiMetrics()
+        self.document = openapi(ROUTES, VERSION)
+        self.app = falcon.App(media_type=falcon.MEDIA_JSON)
+        self.app.req_options.strip_url_path_trailing_slash = True
+        self.app.add_error_handler(Exception, self._unexpected)
+        self.app.add_error_handler(falcon.HTTPError, self._http_error)
+        by_path: dict[str, dict[str, Route]] = {}
+        for route in ROUTES:
+            by_path.setdefault(route.path, {})[route.method] = route
+        for path, routes in by_path.items():
+            self.app.add_route(path, Resource(self, routes))
+        self.app.add_route("/v1/openapi.json", _Document(self))
+
+    # -- one request ------------------------------------------------------------------------
+    def respond(
+        self, route: Route, req: falcon.Request, resp: falcon.Response, params: dict[str, str]
+    ) -> None:
+        started = time.perf_counter()
+        user: User | None = None
+        status = 500
+        try:
+            user = self._user(route, req)
+            call = Call(user, self._body(route, req), self._query(route, req), params,
+                        self.accounts, self.engine, self.settings)  # fmt: skip
+            if route.sensitive:
+                assert user is not None
+                self.accounts.step_up(user, req.get_header("X-Wire-TOTP") or "")
+            if route.changes:
+                self._audit(route, user, "received", required=True)
+            result = route.handler(call)
+            if route.path == "/v1/session" and route.method == "DELETE":
+                self.accounts.logout(_bearer(req) or "")
+            status = route.status
+            resp.status = falcon.code_to_http_status(status)
+            resp.media = result
+        except ApiError as exc:
+            status = exc.status
+            _error(resp, exc.status, exc.code, exc.title)
+        except AccountError as exc:
+            status = exc.status
+            if exc.code in ("login-failed", "locked"):
+                self.metrics.login_failed()
+                self._audit(route, None, "refused", actor=_field(req, "username"),
+                            reason=exc.code)  # fmt: skip
+            _error(resp, exc.status, exc.code, str(exc))
+        except Invalid as exc:
+            status = 400
+            _error(resp, 400, "bad-request", str(exc))
+        except EngineRefused as exc:
+            status = ENGINE_STATUS.get(exc.code, 422)
+            _error(resp, status, exc.code, str(exc))
+        except EngineUnavailable as exc:
+            status = 503
+            _error(resp, 503, "engine-unavailable", str(exc))
+        except NotBuilt as exc:
+            status = 501
+            _error(resp, 501, "not-built", str(exc))
+        except ValueError as exc:
+            status = 400
+            _error(resp, 400, "bad-request", str(exc))
+        finally:
+            self.metrics.request(route.path, route.method, status, time.perf_counter() - started)
+        if route.public and route.path == "/v1/health":
+            return
+        self._audit(route, user, "success" if status < 400 else "refused", status=status,
+                    actor=None if user else _field(req, "username"))  # fmt: skip
+
+    def _user(self, route: Route, req: falcon.Request) -> User | None:
+        token = _bearer(req)
+        if route.public:
+            return None
+        bootstrap = route.path == "/v1/users" and route.method == "POST"
+        if bootstrap and not self.accounts.has_users():
+            return None  # the first admin: create_user checks that it is the first
+        user = self.accounts.authenticate(token or "")
+        if user.role not in route.roles:
+            raise ApiError(403, "forbidden", f"the {user.role} role may not {route.name}")
+        return user
+
+    @staticmethod
+    def _body(route: Route, req: falcon.Request) -> dict[str, Any]:
+        if route.body is None:
+            return {}
+        if (req.content_length or 0) > MAX_BODY:
+            raise ApiError(413, "too-large", f"request bodies are limited to {MAX_BODY} bytes")
+        if req.content_type is None or not req.content_type.startswith("application/json"):
+            raise ApiError(415, "not-json", "send the request body as application/json")
+        raw = req.bounded_stream.read(MAX_BODY + 1)
+        try:
+            body = json.loads(raw or b"{}")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise Invalid(f"body: not JSON ({exc})") from None
+        check(body, route.body)
+        req.context.body = body
+        return dict(body)
+
+    @staticmethod
+    def _query(route: Route, req: falcon.Request) -> dict[str, Any]:
+        return coerce_query(dict(req.params), route.query)
+
+    def _audit(self, route: Route, user: User | None, outcome: str, *, required: bool = False,
+               actor: str | None = None, **fields: str | int) -> None:  # fmt: skip
+        event = "api.login" if route.path == "/v1/session" else "api.request"
+        who = user.username if user else (actor or "anonymous")
+        try:
+            audit(
+                event, outcome, f"{route.method} {route.path} ({route.name}) by {who}: {outcome}",
+                actor=who, role=user.role if user else None,
+                route=route.path, method=route.method, **fields,
+            )  # fmt: skip
+        except AuditUnavailableError as exc:
+            if required:
+                raise ApiError(
+                    503, "audit-unavailable", f"refused: the audit record cannot be written ({exc})"
+                ) from exc
+            log.error("audit unavailable: %s", exc)
+
+    # -- errors Falcon raises itself (404, 405, bad media) ----------------------------------
+    def _http_error(
+        self, req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError, params: Any
+    ) -> None:
+        status = exc.status_code
+        code = {404: "not-found", 405: "method-not-allowed"}.get(status, "bad-request")
+        _error(resp, status, code, exc.title or "refused")
+
+    def _unexpected(
+        self, req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any
+    ) -> None:
+        if isinstance(exc, falcon.HTTPError):
+            self._http_error(req, resp, exc, params)
+            return
+        log.exception("unexpected error on %s %s", req.method, req.path)
+        _error(resp, 500, "internal-error", "the API failed; see the node's log")
+
+
+class _Document:
+    """`GET /v1/openapi.json`: the document of every route, for any logged-in role."""
+
+    def __init__(self, api: WireApi) -> None:
+        self.api = api
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        try:
+            self.api.accounts.authenticate(_bearer(req) or "")
+        except AccountError as exc:
+            _error(resp, exc.status, exc.code, str(exc))
+            return
+        resp.media = self.api.document
+
+
+def _bearer(req: falcon.Request) -> str | None:
+    header = req.get_header("Authorization") or ""
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _field(req: falcon.Request, name: str) -> str | None:
+    body = getattr(req.context, "body", None)
+    value = body.get(name) if isinstance(body, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _error(resp: falcon.Response, status: int, code: str, title: str) -> None:
+    resp.status = falcon.code_to_http_status(status)
+    resp.media = {"error": {"code": code, "title": title}}
+
+
+def create_app(config: NodeConfig) -> falcon.App:
+    return WireApi(config).app
+
+
+def from_environment() -> falcon.App:
+    """The app for gunicorn: its configuration file from `WIRE_MPC_CONFIG`."""
+    return create_app(load_config(Path(os.environ.get("WIRE_MPC_CONFIG",
+                                                      "/etc/wire-mpc/config.json"))))  # fmt: skip
