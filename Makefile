@@ -25,7 +25,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 
 typecheck: venv
-	$(VENV)/bin/mypy appliance hsm
+	$(VENV)/bin/mypy appliance hsm api
 
 unit: venv
 	tools/with-journald $(PY) -m pytest

@@ -19,15 +19,15 @@ import falcon
 from api.accounts import AccountError, Accounts, User
 from api.engine import EngineLink, EngineRefused, EngineUnavailable
 from api.metrics import ApiMetrics
+from api.metrics import configure as configure_metrics
 from api.routes import ROUTES, Call, NotBuilt, Route
-from api.schema import Invalid, check, coerce_query, openapi
+from api.schema import Invalid, check, coerce_query
 from appliance.audit import AuditUnavailableError, audit
 from appliance.config import NodeConfig, load_config
 
 __all__ = ["create_app", "from_environment"]
 
 log = logging.getLogger("wire-api")
-VERSION = "1"
 MAX_BODY = 2 << 20
 
 # The engine's error codes, as HTTP statuses.
@@ -69,13 +69,14 @@ class WireApi:
         assert config.api is not None
         self.config = config
         self.settings = config.api
+        self.settings.database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.accounts = Accounts(
             self.settings.database, f"wire-mpc {config.cluster_id}/{config.node_id}",
             session_seconds=self.settings.session_seconds,
         )  # fmt: skip
         self.engine = EngineLink(config.engine_socket)
+        configure_metrics(self.settings.metrics_dir)
         self.metrics = ApiMetrics()
-        self.document = openapi(ROUTES, VERSION)
         self.app = falcon.App(media_type=falcon.MEDIA_JSON)
         self.app.req_options.strip_url_path_trailing_slash = True
         self.app.add_error_handler(Exception, self._unexpected)
@@ -85,7 +86,6 @@ class WireApi:
             by_path.setdefault(route.path, {})[route.method] = route
         for path, routes in by_path.items():
             self.app.add_route(path, Resource(self, routes))
-        self.app.add_route("/v1/openapi.json", _Document(self))
 
     # -- one request ------------------------------------------------------------------------
     def respond(
@@ -182,7 +182,7 @@ class WireApi:
             audit(
                 event, outcome, f"{route.method} {route.path} ({route.name}) by {who}: {outcome}",
                 actor=who, role=user.role if user else None,
-                route=route.path, method=route.method, **fields,
+                route=route.path, method=route.method, **{k: str(v) for k, v in fields.items()},
             )  # fmt: skip
         except AuditUnavailableError as exc:
             if required:
@@ -209,21 +209,6 @@ class WireApi:
         _error(resp, 500, "internal-error", "the API failed; see the node's log")
 
 
-class _Document:
-    """`GET /v1/openapi.json`: the document of every route, for any logged-in role."""
-
-    def __init__(self, api: WireApi) -> None:
-        self.api = api
-
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        try:
-            self.api.accounts.authenticate(_bearer(req) or "")
-        except AccountError as exc:
-            _error(resp, exc.status, exc.code, str(exc))
-            return
-        resp.media = self.api.document
-
-
 def _bearer(req: falcon.Request) -> str | None:
     header = req.get_header("Authorization") or ""
     scheme, _, token = header.partition(" ")
@@ -241,11 +226,11 @@ def _error(resp: falcon.Response, status: int, code: str, title: str) -> None:
     resp.media = {"error": {"code": code, "title": title}}
 
 
-def create_app(config: NodeConfig) -> falcon.App:
+def create_app(config: NodeConfig) -> Any:
     return WireApi(config).app
 
 
-def from_environment() -> falcon.App:
+def from_environment() -> Any:
     """The app for gunicorn: its configuration file from `WIRE_MPC_CONFIG`."""
     return create_app(load_config(Path(os.environ.get("WIRE_MPC_CONFIG",
                                                       "/etc/wire-mpc/config.json"))))  # fmt: skip

@@ -15,10 +15,12 @@ from typing import Any
 from api import journal
 from api.accounts import Accounts, User
 from api.engine import EngineLink
+from api.schema import openapi
 from appliance.config import ApiConfig
 
 __all__ = ["ALL_ROLES", "ROUTES", "Call", "NotBuilt", "Route"]
 
+VERSION = "1"
 ALL_ROLES = ("admin", "operator", "auditor")
 ADMIN = ("admin",)
 OPERATOR = ("operator",)
@@ -207,6 +209,10 @@ def audit_records(call: Call) -> Any:
     return {"records": records}
 
 
+def document(call: Call) -> Any:
+    return openapi(ROUTES, VERSION)
+
+
 def not_built(what: str) -> Handler:
     def handler(call: Call) -> Any:
         raise NotBuilt(f"{what} is not built yet on this node's engine")
@@ -217,6 +223,7 @@ def not_built(what: str) -> Handler:
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/health", "health", "Is the API up, and can it reach the engine",
           health, public=True),
+    Route("GET", "/v1/openapi.json", "openapi", "This document (OpenAPI 3)", document),
     Route("POST", "/v1/session", "login", "Log in with password and TOTP (or a backup code)",
           login, public=True, status=201,
           body=_object(["username", "password", "code"], username=_string(64),
@@ -300,8 +307,8 @@ ROUTES: tuple[Route, ...] = (
           "A report of the period: status, keys and audit counts", report,
           query={"period": {"type": "string", "enum": list(journal.PERIODS)}}),
     Route("GET", "/v1/audit", "audit", "Audit records by time, actor and event", audit_records,
-          query={"since": {"type": "number", "minimum": 0},
-                 "until": {"type": "number", "minimum": 0},
+          query={"since": {"type": "number", "minimum": 0, "maximum": 4102444800},
+                 "until": {"type": "number", "minimum": 0, "maximum": 4102444800},
                  "actor": _string(64), "event": _string(64),
                  "limit": {"type": "integer", "minimum": 1, "maximum": 1000}}),
 )  # fmt: skip

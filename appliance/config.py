@@ -280,7 +280,7 @@ def _api(fields: StrictObject, data_dir: Path, engine_socket: Path) -> ApiConfig
         socket_group=fields.take(
             "socket_group", lambda v, p: None if v is None else _name(v, p), "wire-operators"
         ),
-        database=fields.take("database", _path, data_dir / "api.db"),
+        database=fields.take("database", _path, Path("/var/lib/wire-api/accounts.db")),
         session_seconds=fields.take("session_seconds", _number, 900.0),
         workers=fields.take("workers", lambda v, p: as_integer(v, p, 1, 64), 2),
         metrics_dir=fields.take("metrics_dir", _path, runtime / "api-metrics"),

@@ -152,7 +152,7 @@ class DevNode:
         config["api"] = {
             "socket": str(self.api_socket),
             "socket_group": None,
-            "database": str(self.data_dir / "api.db"),
+            "database": str(self.root / "api" / "accounts.db"),
             "metrics_dir": str(self.root / "api-metrics"),
             "session_seconds": self.cluster.session_seconds,
         }
