@@ -23,7 +23,10 @@ MAX_RECORDS = 1000
 def _reader(since: float) -> journal.Reader:
     reader = journal.Reader()
     reader.add_match(SYSLOG_IDENTIFIER=IDENTIFIER)
-    reader.seek_realtime(datetime.datetime.fromtimestamp(since, datetime.UTC))
+    try:
+        reader.seek_realtime(datetime.datetime.fromtimestamp(since, datetime.UTC))
+    except (OverflowError, OSError, ValueError) as exc:
+        raise ValueError(f"since {since} is not a usable time") from exc
     return reader
 
 

@@ -1,12 +1,14 @@
 """`make demo`: a local 2-of-3 cluster of wire-mpc nodes, from provisioning to signatures.
 
 Three wire-mpcd processes on loopback, each with its own SoftHSM2 token, database, CURVE
-keys and configuration, following a regtest node whose every block libbitcoinkernel judges:
-the nodes run the DKG of both keys, compare the keys, and sign a test message with both;
-then a deposit to a Wire recipient's address is mined and confirmed, and every node sees
-it in its own chain view. Every signature is checked by verifiers that share no code with
-the nodes: OpenSSL's Ed25519 (through `cryptography`) and libsecp256k1's BIP340. Nothing is
-left running.
+keys, configuration and control API (gunicorn on a Unix socket), following a regtest node
+whose every block libbitcoinkernel judges. Each organisation enrols an admin and an
+operator, and everything after is done with `mpc_operator` on each node's socket: the DKG
+of both keys, key-info, test signing with both keys, deposit addresses, status. A deposit
+to a Wire recipient's address is mined and confirmed, and every node sees it in its own
+chain view. Every signature is checked by verifiers that share no code with the nodes:
+OpenSSL's Ed25519 (through `cryptography`) and libsecp256k1's BIP340. Nothing is left
+running.
 """
 
 from __future__ import annotations
@@ -14,18 +16,21 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import pyotp
 from coincurve import PublicKeyXOnly
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tests.regtest.harness import RegtestProcess
-from tools.devcluster import DevCluster
+from tools.devcluster import REPO, DevCluster, DevNode
 
 MESSAGE = "wire-mpc demo: the cluster is ready"
 
@@ -58,11 +63,63 @@ def verify(keys: dict[str, Any], message: bytes, signatures: list[str]) -> dict[
     }
 
 
-def wait_for_view(cluster: DevCluster, height: int, within: float = 30.0) -> dict[str, Any]:
-    """Every node's view of bitcoind once all have reached `height` (bounded wait)."""
+class Console:
+    """One operator organisation at its node: `mpc_operator` on that node's API socket, with
+    its own session file. Passwords come from files; TOTP codes from the enrolment's secret
+    (in real life, the operators' authenticator apps)."""
+
+    def __init__(self, node: DevNode, root: Path) -> None:
+        self.node = node
+        self.home = root / f"{node.node_id}-operators"
+        self.home.mkdir(mode=0o700)
+        self.secrets: dict[str, str] = {}
+        self.steps: dict[str, int] = {}
+
+    def run(self, *args: str, user: str = "operator") -> Any:
+        command = [sys.executable, "-m", "api.mpc_operator", "--json",
+                   "--socket", str(self.node.api_socket),
+                   "--session-file", str(self.home / f"{user}.session"), *args]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                              check=False, cwd=REPO)  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"mpc_operator {' '.join(args)} on {self.node.node_id}: "
+                               f"exit {done.returncode}: {done.stderr.strip()}")  # fmt: skip
+        return json.loads(done.stdout)
+
+    def password_file(self, user: str) -> str:
+        path = self.home / f"{user}.password"
+        if not path.exists():
+            path.write_text(f"{self.node.node_id} {user} demo passphrase\n")
+            path.chmod(0o600)
+        return str(path)
+
+    def enrol(self, user: str, role: str, by: str | None) -> None:
+        args = ["user", "create", "--username", user, "--role", role,
+                "--password-file", self.password_file(user)]  # fmt: skip
+        answer = self.run(*args, user=by or user)
+        self.secrets[user] = parse_qs(urlsplit(answer["otpauth_uri"]).query)["secret"][0]
+
+    def code(self, user: str) -> str:
+        """A TOTP code of a step not used before (codes are single-use)."""
+        now = time.time()
+        for offset in (-30, 0, 30):
+            step = int((now + offset) // 30)
+            if step > self.steps.get(user, 0):
+                self.steps[user] = step
+                return pyotp.TOTP(self.secrets[user]).at(now + offset)
+        raise RuntimeError("out of fresh TOTP codes for this minute")
+
+    def login(self, user: str) -> None:
+        self.run("login", "--username", user, "--password-file", self.password_file(user),
+                 "--code", self.code(user), user=user)  # fmt: skip
+
+
+def wait_for_view(consoles: list[Console], height: int, within: float = 30.0) -> dict[str, Any]:
+    """Every node's view of bitcoind (`mpc_operator status`) once all have reached `height`
+    (bounded wait)."""
     deadline = time.monotonic() + within
     while True:
-        views = {n.node_id: n.call("status")["bitcoin"] for n in cluster.nodes.values()}
+        views = {c.node.node_id: c.run("status")["bitcoin"] for c in consoles}
         if all(v["view_height"] == height for v in views.values()):
             return views
         if time.monotonic() > deadline:
@@ -86,7 +143,7 @@ def main() -> int:
         "zmq_block": bitcoind.zmq_endpoint,
         "poll_seconds": 1,
     }
-    cluster = DevCluster(root, parties=3, threshold=2, bitcoind=section)
+    cluster = DevCluster(root, parties=3, threshold=2, bitcoind=section, api=True)
     try:
         step("provisioning three nodes: SoftHSM2 tokens, identity keys, CURVE keys, configs")
         cluster.create()
@@ -94,26 +151,34 @@ def main() -> int:
         for node in cluster.nodes.values():
             print(f"   {node.node_id}: identity {node.identity_public[:16]}…  port {node.port}")
 
-        step("starting wire-mpcd on every node")
+        step("starting wire-mpcd and wire-api (gunicorn on a Unix socket) on every node")
         mark = time.perf_counter()
         cluster.start()
         timings["start_s"] = round(time.perf_counter() - mark, 2)
-        report = cluster[1].call("test-communication")
+        consoles = [Console(node, root) for node in cluster.nodes.values()]
+
+        step("each organisation creates its first admin, who enrols an operator (mpc_operator)")
+        for console in consoles:
+            console.enrol("admin", "admin", None)  # the first user: no session needed
+            console.login("admin")
+            console.enrol("operator", "operator", "admin")
+            console.login("operator")
+            print(f"   {console.node.node_id}: admin and operator enrolled (password + TOTP), "
+                  "operator logged in")  # fmt: skip
+        report = consoles[0].run("test-communication")
         for peer, state in report["peers"].items():
             print(f"   node-1 -> {peer}: authenticated {state['authenticated']}, "
                   f"round trip {state['round_trip_ms']} ms")  # fmt: skip
 
-        step("distributed key generation of both keys (each operator consents on its node)")
+        step("distributed key generation: `mpc_operator dkg --ceremony-id demo-dkg` on each node")
         mark = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            results = list(
-                pool.map(lambda n: n.call("dkg", ceremony_id="demo-dkg"), cluster.nodes.values())
-            )
+            results = list(pool.map(lambda c: c.run("dkg", "--ceremony-id", "demo-dkg"), consoles))
         timings["dkg_s"] = round(time.perf_counter() - mark, 3)
         if any(r["state"] != "completed" for r in results):
             print(json.dumps(results, indent=2))
             return 1
-        infos = [node.call("key-info") for node in cluster.nodes.values()]
+        infos = [console.run("key-info") for console in consoles]
         keys = {name: infos[0]["keys"][name][0]["group_key"] for name in ("attestation", "custody")}
         same = all({n: i["keys"][n][0]["group_key"] for n in keys} == keys for i in infos)
         for name in keys:
@@ -122,9 +187,9 @@ def main() -> int:
         print(f"   every node reports the same keys: {same}")
 
         step(f"test signing with both keys by nodes 1 and 2: {MESSAGE!r}")
-        cluster[2].call("test-signing", message=MESSAGE, coordinate=False)
+        consoles[1].run("test-signing", "--message", MESSAGE, "--approve-only")
         mark = time.perf_counter()
-        signed = cluster[1].call("test-signing", message=MESSAGE)
+        signed = consoles[0].run("test-signing", "--message", MESSAGE)
         timings["signing_ms"] = round((time.perf_counter() - mark) * 1e3, 2)
         if signed["state"] != "completed":
             print(json.dumps(signed, indent=2))
@@ -135,16 +200,14 @@ def main() -> int:
         print(f"   independent verification: {checks}")
 
         step("a deposit to the address of Wire recipient 'wire:alice', mined to 6 blocks")
-        answers = [
-            n.call("deposit-address", recipient="wire:alice") for n in cluster.nodes.values()
-        ]
+        answers = [c.run("deposit-address", "--recipient", "wire:alice") for c in consoles]
         address = answers[0]["address"]
         print(f"   deposit address {address} (the same on every node: "
               f"{len({a['address'] for a in answers}) == 1})")  # fmt: skip
         deposit_txid = bitcoind.call("sendtoaddress", address, "0.5")
         bitcoind.call("generatetoaddress", 6, bitcoind.call("getnewaddress"))
         tip = bitcoind.call("getblockcount")
-        seen = wait_for_view(cluster, tip)
+        seen = wait_for_view(consoles, tip)
         for node_id, view in seen.items():
             print(f"   {node_id}: bitcoind {view['sync']} at {view['view_height']}, "
                   f"custody outputs {view['custody_utxos']} ({view['custody_sats']} sat), "
