@@ -35,6 +35,7 @@ bench: venv
 	$(PY) bench/keystore.py --output bench/results/hsm.json
 	tools/with-journald $(PY) bench/ceremony.py --output bench/results/ceremony.json
 	$(PY) bench/chain.py --output bench/results/chain.json
+	tools/with-journald $(PY) bench/control_api.py --output bench/results/api.json
 
 # Re-resolve the locks after editing pyproject.toml (needs the network).
 lock: venv

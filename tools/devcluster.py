@@ -74,7 +74,9 @@ class DevNode:
         return self.root / "wire-mpcd.log"
 
     def environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WIRE_MPC_")}
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("WIRE_MPC_", "PROMETHEUS_"))
+        }
         env.update(
             {
                 "CREDENTIALS_DIRECTORY": str(self.root / "credentials"),
