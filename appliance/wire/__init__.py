@@ -1,0 +1,1 @@
+"""The 0BTC Wire side: mint attestations, burn records, the fee reservoir."""
