@@ -209,6 +209,11 @@ def audit_records(call: Call) -> Any:
     return {"records": records}
 
 
+def attestations(call: Call) -> Any:
+    return call.engine("attestations", {"after": call.query.get("after", -1),
+                                        "limit": call.query.get("limit", 100)})  # fmt: skip
+
+
 def document(call: Call) -> Any:
     return openapi(ROUTES, VERSION)
 
@@ -280,8 +285,14 @@ ROUTES: tuple[Route, ...] = (
                        coordinate={"type": "boolean"},
                        signers={"type": "array", "items": {"type": "integer"}})),
     Route("POST", "/v1/test-attestation", "test-attestation",
-          "Run a mint attestation end to end", not_built("the mint-attestation workflow"),
-          roles=OPERATOR, changes=True, body=_object([])),
+          "Attest every confirmed, unattested deposit now (this node coordinates)",
+          engine_method("test-attestation", 300.0), roles=OPERATOR, changes=True,
+          body=_object([])),
+    Route("GET", "/v1/attestations", "attestations",
+          "Signed mint attestations after a sequence number (the Wire system's outbox)",
+          attestations,
+          query={"after": {"type": "integer", "minimum": -1, "maximum": 2**62},
+                 "limit": {"type": "integer", "minimum": 1, "maximum": 1000}}),
     Route("POST", "/v1/test-burn", "test-burn", "Run a burn and its withdrawal end to end",
           not_built("the burn-to-withdrawal workflow"), roles=OPERATOR, changes=True,
           body=_object([])),

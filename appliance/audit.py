@@ -167,6 +167,11 @@ EVENTS: Final[dict[str, AuditEvent]] = {
         journal.LOG_NOTICE,
         "an operator account was created or disabled",
     ),
+    "mint.attested": AuditEvent(
+        "4fff0f57182d49b499a310b50dcd48f2",
+        journal.LOG_NOTICE,
+        "a deposit's mint attestation was signed by the cluster",
+    ),
     "control.refused": AuditEvent(
         "619d1ca07ac14fc4828a48baec2e6de5",
         journal.LOG_WARNING,

@@ -33,6 +33,7 @@ MAX_REQUEST = 1 << 20
 
 # Commands that change state: refused when their audit record cannot be written.
 STATE_CHANGING = {
+    "test-attestation",
     "dkg",
     "test-signing",
     "key-rotation",
@@ -79,6 +80,8 @@ class ControlServer:
             "restore-key-share": self._restore_key_share,
             "init": self._init,
             "security-check": self._security_check,
+            "test-attestation": self._test_attestation,
+            "attestations": self._attestations,
         }
 
     async def start(self) -> None:
@@ -253,6 +256,15 @@ class ControlServer:
 
     async def _security_check(self, params: dict[str, Any], actor: str) -> Any:
         return {"node_id": self.engine.config.node_id, "items": self.engine.security_check()}
+
+    async def _test_attestation(self, params: dict[str, Any], actor: str) -> Any:
+        return await self.engine.attest(actor)
+
+    async def _attestations(self, params: dict[str, Any], actor: str) -> Any:
+        after, limit = params.get("after", -1), params.get("limit", 100)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (after, limit)):
+            raise ValueError("after and limit must be integers")
+        return self.engine.signed_attestations(after, limit)
 
     async def _ceremony(self, params: dict[str, Any], actor: str) -> Any:
         return self.engine.ceremony_info(str(params["ceremony_id"]))

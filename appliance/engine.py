@@ -14,7 +14,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from appliance.ceremony.base import BRIDGE_KEYS, Ceremony, MalformedPayload
 from appliance.ceremony.dkg import DkgCeremony
 from appliance.ceremony.refresh import RefreshCeremony
 from appliance.ceremony.requests import (
+    POLICIES,
     TEST_SIGNING,
     SigningRequest,
     message_digest,
@@ -39,8 +40,16 @@ from appliance.frost import KeyShare, PublicKeyPackage
 from appliance.mesh.envelope import Envelope
 from appliance.mesh.transport import Mesh
 from appliance.metrics import CEREMONY_KINDS, EngineMetrics, Snapshot
-from appliance.store import Store
+from appliance.store import AttestationRecords, Store
+from appliance.store.chain import DepositRow
 from appliance.store.database import KeyRow
+from appliance.wire.attestation import MintAttestation
+from appliance.workflows.mint import (
+    MAX_BATCH,
+    MINT_ATTESTATION,
+    attestation_request,
+    check_mint_attestation,
+)
 from hsm.backup import (
     Passphrase,
     RecoveryKey,
@@ -101,6 +110,8 @@ class Engine:
         self.metrics = EngineMetrics(
             self.metrics_snapshot, config.api.metrics_dir if config.api is not None else None
         )
+        self.attestations = AttestationRecords(store)
+        self.policies = {**POLICIES, MINT_ATTESTATION: check_mint_attestation}
         self.ceremonies: dict[str, Ceremony] = {}
         self.finished: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.pending: dict[str, list[Envelope]] = {}
@@ -485,6 +496,91 @@ class Engine:
             data_disk_free_bytes=disk.free,
             data_disk_size_bytes=disk.total,
         )
+
+    # -- deposit → mint attestation (MintNode) -----------------------------------------------
+    @property
+    def network(self) -> str:
+        return self.config.bitcoin.network if self.config.bitcoin is not None else "none"
+
+    def own_deposit(self, txid: str, vout: int) -> tuple[DepositRow, int, int] | None:
+        if self.chain is None:
+            return None
+        view = self.chain.view
+        found = view.records.deposit_output(txid, vout)
+        if found is None:
+            return None
+        output, recipient = found
+        deposit = DepositRow(output.txid, output.vout, recipient, output.amount,
+                             output.block_hash, output.height, "confirmed")  # fmt: skip
+        return deposit, view.confirmations(output.height), view.required_confirmations()
+
+    def minting_paused(self) -> str | None:
+        if self.chain is None:
+            return "no bitcoind is configured"
+        return self.chain.view.minting_paused()
+
+    def bind_attestations(self, attestations: Sequence[MintAttestation]) -> str | None:
+        return self.attestations.bind(attestations)
+
+    async def attest(self, actor: str) -> dict[str, Any]:
+        """Coordinate the attestation of every deposit this node's view shows confirmed and
+        not yet attested (`test-attestation` runs it on demand)."""
+        if self.chain is None:
+            raise CommandError("no-bitcoind", "this node has no bitcoind configured")
+        self._require_service()
+        self.group_key("attestation")  # refuses before the DKG
+        view = self.chain.view
+        view.take_confirmed_deposits()
+        attestations: list[MintAttestation] = []
+        sequence = self.attestations.next_sequence()
+        for row in self.attestations.unsigned():
+            attestations.append(MintAttestation.decode(row.message))
+        bound = {(a.txid, a.vout) for a in attestations}
+        for deposit in view.records.deposits("confirmed"):
+            if (deposit.txid, deposit.vout) in bound:
+                continue
+            if self.attestations.bound(deposit.txid, deposit.vout) is not None:
+                continue  # signed already
+            attestations.append(MintAttestation(
+                self.network, deposit.txid, deposit.vout, deposit.amount, deposit.recipient,
+                deposit.block_hash, sequence,
+            ))  # fmt: skip
+            sequence += 1
+        if not attestations:
+            return {"state": "nothing-to-attest", "attestations": []}
+        batch = sorted(attestations, key=lambda a: a.sequence)[:MAX_BATCH]
+        request = attestation_request(batch)
+        result = await self.sign_request(request)
+        if result.get("state") != "completed":
+            return {**result, "attestations": [a.to_json() for a in batch]}
+        signed = []
+        with self.store.transaction():
+            for a, signature in zip(batch, result["signatures"], strict=True):
+                self.attestations.record_signature(a.sequence, bytes.fromhex(signature),
+                                                   request.request_id)  # fmt: skip
+                view.records.set_deposit_state(a.txid, a.vout, "attested")
+                signed.append({**a.to_json(), "message": a.encode().hex(),
+                               "signature": signature})  # fmt: skip
+        for a in batch:
+            self.audit(
+                "mint.attested", "success",
+                f"deposit {a.txid}:{a.vout} of {a.amount_sats} sat to {a.recipient} attested "
+                f"as {a.sequence}", actor=actor, deposit=f"{a.txid}:{a.vout}",
+                sequence=a.sequence,
+            )  # fmt: skip
+        return {"state": "completed", "ceremony": result.get("ceremony"),
+                "signers": result.get("signers"), "attestations": signed}  # fmt: skip
+
+    def signed_attestations(self, after: int, limit: int) -> dict[str, Any]:
+        """The outbox: signed attestations after a sequence number, for the Wire system."""
+        rows = self.attestations.signed(after, min(max(limit, 1), 1000))
+        items = []
+        for row in rows:
+            a = MintAttestation.decode(row.message)
+            items.append({**a.to_json(), "message": row.message.hex(),
+                          "signature": (row.signature or b"").hex()})  # fmt: skip
+        return {"attestations": items,
+                "cursor": items[-1]["sequence"] if items else after}  # fmt: skip
 
     # -- the service switch, backups, checks ------------------------------------------------
     def service_disabled(self) -> str | None:

@@ -51,7 +51,7 @@ def check_policy(node: Any, request: SigningRequest) -> None:
     blocked = node.signing_blocked()
     if blocked is not None:
         raise SigningRefused(blocked)
-    policy = POLICIES.get(request.kind)
+    policy = getattr(node, "policies", POLICIES).get(request.kind)
     if policy is None:
         raise SigningRefused(f"no signing policy for request kind {request.kind!r}")
     policy(node, request)

@@ -13,8 +13,7 @@ from typing import Final
 
 os.environ.setdefault("BCL_DATA_DIR", tempfile.mkdtemp(prefix="wire-mpc-bitcoinlib-"))
 
-from bitcoinlib.encoding import EncodingError as _BitcoinlibEncodingError
-from bitcoinlib.encoding import pubkeyhash_to_addr_bech32
+from bitcoinlib.encoding import addr_bech32_to_pubkeyhash, pubkeyhash_to_addr_bech32
 from bitcoinlib.keys import Address
 
 __all__ = ["HRP", "AddressError", "address_of_script", "p2tr_script", "script_of_address"]
@@ -70,7 +69,7 @@ def script_of_address(address: str, network: str) -> bytes:
         raise AddressError("an address is 14 to 90 characters")
     try:
         parsed = Address.parse(address)
-    except (_BitcoinlibEncodingError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # bitcoinlib raises several kinds for bad input; all mean "invalid"
         raise AddressError(f"{address!r} is not a valid address: {exc}") from exc
     if parsed.network.name not in _BITCOINLIB_NETWORK[network]:
         raise AddressError(f"{address!r} is a {parsed.network.name} address, not {network}")
@@ -78,6 +77,8 @@ def script_of_address(address: str, network: str) -> bytes:
         prefix = address.lower().split("1", 1)[0]
         if prefix != HRP[network]:
             raise AddressError(f"{address!r} is not a {network} address (prefix {prefix})")
+    if parsed.encoding == "bech32":
+        return _segwit_script(address)
     program = bytes(parsed.hash_bytes)
     kind = parsed.script_type
     if kind == "p2tr" and len(program) == 32:
@@ -91,3 +92,23 @@ def script_of_address(address: str, network: str) -> bytes:
     if kind == "p2pkh" and len(program) == 20:
         return b"\x76\xa9\x14" + program + b"\x88\xac"
     raise AddressError(f"{address!r} pays to a non-standard output type ({kind})")
+
+
+def _segwit_script(address: str) -> bytes:
+    """A segwit address's script from its own witness version and program: the version is
+    what decides the output type, never the program's length alone."""
+    try:
+        decoded = bytes(addr_bech32_to_pubkeyhash(address, include_witver=True))
+    except Exception as exc:  # as above: any failure of the decoder means invalid
+        raise AddressError(f"{address!r} is not a valid segwit address: {exc}") from exc
+    op_version, program = decoded[0], decoded[2:]
+    if decoded[1] != len(program):
+        raise AddressError(f"{address!r} has a malformed witness program")
+    if (op_version, len(program)) == (0x00, 20):
+        return b"\x00\x14" + program
+    if (op_version, len(program)) == (0x00, 32):
+        return b"\x00\x20" + program
+    if (op_version, len(program)) == (0x51, 32):
+        return p2tr_script(program)
+    raise AddressError(f"{address!r} pays to a non-standard witness program "
+                       f"(version opcode {op_version:#x}, {len(program)} bytes)")  # fmt: skip

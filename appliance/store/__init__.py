@@ -5,5 +5,6 @@ holds. Key shares themselves live sealed in the vault, never here.
 
 from .chain import ChainRecords
 from .database import Store, StoreError
+from .mint import AttestationRecords
 
-__all__ = ["ChainRecords", "Store", "StoreError"]
+__all__ = ["AttestationRecords", "ChainRecords", "Store", "StoreError"]

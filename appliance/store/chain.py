@@ -185,6 +185,24 @@ class ChainRecords:
             for r in rows
         ]
 
+    def deposit_output(self, txid: str, vout: int) -> tuple[OutputRow, str] | None:
+        """The output (txid, vout) to a deposit address in a canonical block, with its
+        recipient: what this node's own chain shows, reported or not."""
+        row = self.db.execute(
+            """
+            SELECT o.txid, o.vout, o.amount, o.script, o.block_hash, b.height, w.label
+            FROM outputs o
+            JOIN blocks b ON b.hash = o.block_hash AND b.canonical = 1
+            JOIN watched_scripts w ON w.script = o.script AND w.kind = 'deposit'
+            WHERE o.txid = ? AND o.vout = ?
+            """,
+            (txid, vout),
+        ).fetchone()
+        if row is None:
+            return None
+        output = OutputRow(row[0], int(row[1]), int(row[2]), bytes(row[3]), row[4], int(row[5]))
+        return output, row[6]
+
     def report_deposit(self, output: OutputRow, recipient: str) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO deposits VALUES (?, ?, ?, ?, ?, ?, 'confirmed', ?, NULL)",

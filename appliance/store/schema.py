@@ -130,4 +130,21 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        4,
+        """
+        CREATE TABLE attestations (
+            sequence   INTEGER PRIMARY KEY,
+            txid       TEXT NOT NULL,
+            vout       INTEGER NOT NULL,
+            message    BLOB NOT NULL,
+            signature  BLOB,
+            state      TEXT NOT NULL CHECK (state IN ('bound', 'signed')),
+            request_id TEXT,
+            bound_at   REAL NOT NULL,
+            signed_at  REAL,
+            UNIQUE (txid, vout)
+        );
+        """,
+    ),
 ]

@@ -287,7 +287,7 @@ def test_bad_input_gets_a_clear_error(http: Http, team) -> None:
     assert status == 415
     status, answer = http.call("GET", "/v1/nothing", token=token)
     assert (status, answer["error"]["code"]) == (404, "not-found")
-    status, answer = http.call("POST", "/v1/test-attestation", {}, token=token)
+    status, answer = http.call("POST", "/v1/test-burn", {}, token=token)
     assert (status, answer["error"]["code"]) == (501, "not-built")
 
 

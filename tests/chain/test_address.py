@@ -66,3 +66,17 @@ def test_addresses_of_another_network_or_malformed_are_refused(group_key) -> Non
         script_of_address(mainnet[:-1] + ("q" if mainnet[-1] != "q" else "p"), "mainnet")
     with pytest.raises(AddressError):
         script_of_address("not an address", "mainnet")
+
+
+def test_the_witness_version_decides_the_output_type() -> None:
+    """A version-2 program of 32 bytes is not Taproot, a version-1 program of 20 bytes is not
+    P2WPKH: paying either as if it were would send coins to an output nobody named."""
+    from bitcoinlib.encoding import pubkeyhash_to_addr_bech32
+
+    for version, size in ((2, 32), (1, 20), (16, 32)):
+        address = pubkeyhash_to_addr_bech32(bytes(range(size)), prefix="bc", witver=version)
+        with pytest.raises(AddressError):
+            script_of_address(address, "mainnet")
+    assert script_of_address(
+        pubkeyhash_to_addr_bech32(bytes(range(20)), prefix="bc", witver=0), "mainnet"
+    ) == b"\x00\x14" + bytes(range(20))

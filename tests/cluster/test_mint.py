@@ -1,0 +1,69 @@
+"""Deposit → mint attestation on a local cluster following the regtest node: attested only
+once the nodes' own views count the confirmations, exactly once, in sequence, and each
+attestation verifies as plain Ed25519 under the attestation group key."""
+
+from __future__ import annotations
+
+import time
+
+from appliance.wire.attestation import verify
+from tests.cluster.test_bitcoin import bitcoin_states, bitcoind, section
+from tools.devcluster import DevCluster
+
+from .conftest import run_dkg
+
+__all__ = ["bitcoind"]  # the fixture, shared with test_bitcoin
+
+
+def views_at(cluster: DevCluster, height: int, nodes: list[int], within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        heights = [cluster[i].call("status")["bitcoin"]["view_height"] for i in nodes]
+        if heights == [height] * len(nodes):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"views did not reach {height}")
+
+
+def test_deposits_are_attested_once_after_six_confirmations(make_cluster, bitcoind) -> None:
+    cluster = make_cluster(bitcoind=section(bitcoind))
+    assert all(r["state"] == "completed" for r in run_dkg(cluster))
+    bitcoin_states(cluster, "synced")
+    group_key = bytes.fromhex(cluster[1].call("key-info")["keys"]["attestation"][0]["group_key"])
+    # Nodes 1 and 2 watch the recipient; node 3 does not, so its own view has no deposit and
+    # it refuses to sign: two of three suffice.
+    for i in (1, 2):
+        cluster[i].call("deposit-address", recipient="wire:alice")
+    address = cluster[1].call("deposit-address", recipient="wire:alice")["address"]
+    txid = bitcoind.call("sendtoaddress", address, "0.3")
+    miner = bitcoind.call("getnewaddress")
+    (deposit_block, *_) = bitcoind.call("generatetoaddress", 5, miner)
+    views_at(cluster, 106, [1, 2])
+    assert cluster[1].call("test-attestation")["state"] == "nothing-to-attest"  # 5 of 6
+
+    bitcoind.call("generatetoaddress", 1, miner)
+    views_at(cluster, 107, [1, 2])
+    result = cluster[1].call("test-attestation")
+    assert result["state"] == "completed", result
+    (attested,) = result["attestations"]
+    assert (attested["txid"], attested["amount_sats"], attested["recipient"]) == (
+        txid, 30_000_000, "wire:alice"
+    )  # fmt: skip
+    assert (attested["block_hash"], attested["sequence"]) == (deposit_block, 0)
+    checked = verify(bytes.fromhex(attested["message"]), bytes.fromhex(attested["signature"]),
+                     group_key)  # fmt: skip
+    assert checked.txid == txid
+
+    # Exactly once: asking again attests nothing; the outbox holds it once.
+    assert cluster[1].call("test-attestation")["state"] == "nothing-to-attest"
+    outbox = cluster[1].call("attestations", after=-1)
+    assert [a["sequence"] for a in outbox["attestations"]] == [0]
+    assert cluster[1].call("attestations", after=0)["attestations"] == []
+
+    # The next deposit gets the next sequence number.
+    second = bitcoind.call("sendtoaddress", address, "0.2")
+    bitcoind.call("generatetoaddress", 6, miner)
+    views_at(cluster, 113, [1, 2])
+    result = cluster[1].call("test-attestation")
+    assert result["state"] == "completed", result
+    assert [(a["txid"], a["sequence"]) for a in result["attestations"]] == [(second, 1)]
