@@ -17,7 +17,7 @@ import zmq.utils.z85
 
 from hsm.config import HsmConfig, SecretSource, read_secret
 
-from .strictjson import StrictObject, as_hex, as_integer, as_list, as_string
+from .strictjson import StrictObject, as_bool, as_hex, as_integer, as_list, as_string
 
 __all__ = ["ConfigError", "NodeConfig", "PartyConfig", "load_config", "parse_config"]
 
@@ -71,6 +71,16 @@ NETWORKS = ("mainnet", "testnet", "signet", "regtest")
 
 
 @dataclass(frozen=True)
+class WireConfig:
+    """The Wire system's side: where signed attestations are pushed, and whether this node
+    attests confirmed deposits by itself (the lead node coordinates)."""
+
+    attestation_push_url: str | None
+    auto_attest: bool
+    push_seconds: float
+
+
+@dataclass(frozen=True)
 class ApiConfig:
     """The operators' control API (`wire-api`): where it listens and how sessions last."""
 
@@ -97,6 +107,7 @@ class NodeConfig:
     hsm: HsmConfig
     bitcoin: BitcoinConfig | None = None
     api: ApiConfig | None = None
+    wire: WireConfig = WireConfig(None, True, 5.0)
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9101)
     curve_secret: SecretSource = field(
         default_factory=lambda: SecretSource(
@@ -246,6 +257,7 @@ def parse_config(document: Any) -> NodeConfig:
     ceremony.done()
     bitcoin = _bitcoin(top.section("bitcoind")) if "bitcoind" in top.data else None
     api = _api(top.section("api", {}), data_dir, engine_socket)
+    wire = _wire(top.section("wire", {}))
     metrics = top.section("metrics", {})
     metrics_listen = metrics.take("listen", _metrics_address, "127.0.0.1:9101")
     metrics.done()
@@ -269,6 +281,7 @@ def parse_config(document: Any) -> NodeConfig:
         hsm=HsmConfig(module=module, token_label=label),
         bitcoin=bitcoin,
         api=api,
+        wire=wire,
         metrics_listen=metrics_listen,
     )
 
@@ -284,6 +297,21 @@ def _api(fields: StrictObject, data_dir: Path, engine_socket: Path) -> ApiConfig
         session_seconds=fields.take("session_seconds", _number, 900.0),
         workers=fields.take("workers", lambda v, p: as_integer(v, p, 1, 64), 2),
         metrics_dir=fields.take("metrics_dir", _path, runtime / "api-metrics"),
+    )
+    fields.done()
+    return config
+
+
+def _wire(fields: StrictObject) -> WireConfig:
+    url = fields.take(
+        "attestation_push_url", lambda v, p: None if v is None else as_string(v, p, 2048), None
+    )
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ConfigError("wire.attestation_push_url: must be an http:// or https:// URL")
+    config = WireConfig(
+        attestation_push_url=url,
+        auto_attest=fields.take("auto_attest", as_bool, True),
+        push_seconds=fields.take("push_seconds", _number, 5.0),
     )
     fields.done()
     return config

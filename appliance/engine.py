@@ -13,6 +13,7 @@ import logging
 import re
 import shutil
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -72,6 +73,20 @@ PENDING_PER_CEREMONY = 256
 PENDING_CEREMONIES = 16
 
 
+def _post_json(url: str, body: dict[str, Any]) -> bool:
+    """POST one attestation; True only on an explicit acknowledgement."""
+    request = urllib.request.Request(  # noqa: S310 - the configured http(s) endpoint
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            answer = json.loads(response.read(1 << 16))
+            return response.status == 200 and isinstance(answer, dict) and answer.get("ack") is True
+    except (OSError, ValueError) as exc:
+        log.warning("attestation push to %s failed: %s", url, exc)
+        return False
+
+
 class CommandError(Exception):
     """A control command cannot be carried out; `code` is stable, the message readable."""
 
@@ -103,8 +118,11 @@ class Engine:
             store.remember_sequence,
         )
         self.chain = (
-            ChainService(config.bitcoin, store, self.audit) if config.bitcoin is not None else None
+            ChainService(config.bitcoin, store, self.audit, self._chain_changed)
+            if config.bitcoin is not None
+            else None
         )
+        self._attesting: asyncio.Task[Any] | None = None
         if config.api is not None:  # the API's workers write their metrics here
             config.api.metrics_dir.mkdir(mode=0o770, parents=True, exist_ok=True)
         self.metrics = EngineMetrics(
@@ -571,6 +589,60 @@ class Engine:
         return {"state": "completed", "ceremony": result.get("ceremony"),
                 "signers": result.get("signers"), "attestations": signed}  # fmt: skip
 
+    def is_lead(self) -> bool:
+        """The lead coordinates the attestations: the lowest party identifier among this
+        node and the peers it is authenticated with, so a dead lead is replaced."""
+        alive = [self.config.me.identifier] + [
+            i for i, state in self.mesh.peers.items() if state.authenticated
+        ]
+        return self.config.me.identifier == min(alive)
+
+    def _chain_changed(self, change: Any) -> None:
+        if not self.config.wire.auto_attest or not self.is_lead():
+            return
+        if self._attesting is not None and not self._attesting.done():
+            return
+        self._attesting = asyncio.create_task(self._auto_attest(), name="auto-attest")
+        self._tasks.add(self._attesting)
+        self._attesting.add_done_callback(self._tasks.discard)
+
+    async def _auto_attest(self) -> None:
+        try:
+            if self.store.active_key("attestation") is None or self.signing_blocked():
+                return  # the next change of the chain tries again
+            result = await self.attest(self.config.node_id)
+            if result["state"] not in ("completed", "nothing-to-attest"):
+                log.warning("automatic attestation failed: %s", result.get("reason"))
+        except CommandError as exc:
+            log.info("automatic attestation not run: %s", exc)
+        except Exception:
+            log.exception("automatic attestation crashed")
+
+    async def _push_attestations(self, url: str) -> None:
+        """Deliver signed attestations to the Wire system, in sequence order, retrying each
+        until it is acknowledged; the delivered cursor survives restarts."""
+        loop = asyncio.get_running_loop()
+        while True:
+            row = self.store.connection.execute(
+                "SELECT reason FROM flags WHERE name = 'attestations-pushed'"
+            ).fetchone()
+            after = int(row[0]) if row is not None else -1
+            batch = self.signed_attestations(after, 50)["attestations"]
+            delivered = after
+            for item in batch:
+                ok = await loop.run_in_executor(None, _post_json, url, item)
+                if not ok:
+                    break
+                delivered = item["sequence"]
+            if delivered != after:
+                with self.store.transaction():
+                    self.store.connection.execute(
+                        "INSERT OR REPLACE INTO flags VALUES ('attestations-pushed', 'cursor',"
+                        " ?, ?)", (str(delivered), time.time()),
+                    )  # fmt: skip
+                continue
+            await asyncio.sleep(self.config.wire.push_seconds)
+
     def signed_attestations(self, after: int, limit: int) -> dict[str, Any]:
         """The outbox: signed attestations after a sequence number, for the Wire system."""
         rows = self.attestations.signed(after, min(max(limit, 1), 1000))
@@ -792,6 +864,12 @@ class Engine:
         if self.chain is not None:
             self._watch_custody()
             await self.chain.start()
+        if self.config.wire.attestation_push_url is not None:
+            push = asyncio.create_task(
+                self._push_attestations(self.config.wire.attestation_push_url),
+                name="attestation-push",
+            )
+            self._tasks.add(push)
         self.audit("engine.started", "success", f"engine of {self.config.node_id} started")
 
     async def stop(self) -> None:

@@ -159,6 +159,11 @@ class DevNode:
             "session_seconds": self.cluster.session_seconds,
         }
         config["metrics"] = {"listen": f"127.0.0.1:{self.metrics_port}"}
+        config["wire"] = {
+            "auto_attest": self.cluster.auto_attest,
+            "attestation_push_url": self.cluster.attestation_push_url,
+            "push_seconds": 0.5,
+        }
         self.config_path.write_text(json.dumps(config, indent=2) + "\n")
 
     def start(self, command: list[str] | None = None) -> None:
@@ -241,7 +246,11 @@ class DevCluster:
         bitcoind: dict[str, Any] | None = None,
         api: bool = False,
         session_seconds: float = 900.0,
+        auto_attest: bool = False,
+        attestation_push_url: str | None = None,
     ) -> None:
+        self.auto_attest = auto_attest  # tests drive attestations themselves unless asked
+        self.attestation_push_url = attestation_push_url
         self.root = root
         self.api = api  # also run each node's wire-api (gunicorn) on its own socket
         self.session_seconds = session_seconds

@@ -72,6 +72,7 @@ class ChainWatcher:
         self.state = SyncState("starting", "the chain has not been read yet")
         self.garbage = 0
         self.notifications = 0  # ZMQ block notifications received
+        self._changes: list[ChainChange] = []
         self._wake = asyncio.Event()
         self._announced: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._sequences: dict[bytes, int] = {}
@@ -110,7 +111,17 @@ class ChainWatcher:
             self._wake.clear()
 
     async def sync_once(self) -> SyncState:
-        """Ask bitcoind where it is, bring the view to its best block, judge the state."""
+        """Ask bitcoind where it is, bring the view to its best block, judge the state; then
+        tell `on_change` what changed (so it sees the state the change left)."""
+        try:
+            return await self._sync()
+        finally:
+            changes, self._changes = self._changes, []
+            if self.on_change is not None:
+                for change in changes:
+                    self.on_change(change)
+
+    async def _sync(self) -> SyncState:
         try:
             info = await self.rpc.call("getblockchaininfo")
             best, height, headers, ibd, tip_time = _chain_info(info)
@@ -201,9 +212,7 @@ class ChainWatcher:
                 block_hash = block.header.previous_hex
             block_height -= 1
         path.reverse()
-        change = self.view.apply(block_height, path)
-        if self.on_change is not None:
-            self.on_change(change)
+        self._changes.append(self.view.apply(block_height, path))
 
     async def _scan_forward(self, start: int, height: int) -> None:
         """First read of the chain: every block from `scan_from_height` to the tip."""
@@ -214,9 +223,7 @@ class ChainWatcher:
                 if not isinstance(block_hash, str):
                     raise RpcProtocolError("getblockhash returned a non-string")
                 batch.append(ConnectedBlock(block_hash, h, await self.fetch_block(block_hash)))
-            change = self.view.apply(first - 1, batch)
-            if self.on_change is not None:
-                self.on_change(change)
+            self._changes.append(self.view.apply(first - 1, batch))
 
     def _note_forks(self, tips: Any, height: int) -> None:
         """Competing branches bitcoind has seen (valid or only headers) within the window."""

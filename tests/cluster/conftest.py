@@ -58,10 +58,10 @@ def make_cluster(tmp_path: Path, journal: Journal) -> Iterator[Callable[..., Dev
 
     def make(parties: int = 3, threshold: int = 2, round_timeout: float = 3.0, start: bool = True,
              faults: dict[int, str] | None = None,
-             bitcoind: dict[str, Any] | None = None) -> DevCluster:  # fmt: skip
+             bitcoind: dict[str, Any] | None = None, **options: Any) -> DevCluster:  # fmt: skip
         cluster = DevCluster(
             tmp_path / f"cluster-{len(made)}", parties, threshold, round_timeout,
-            bitcoind=bitcoind,
+            bitcoind=bitcoind, **options,
         )  # fmt: skip
         made.append(cluster)
         cluster.create()

@@ -67,3 +67,28 @@ def test_deposits_are_attested_once_after_six_confirmations(make_cluster, bitcoi
     result = cluster[1].call("test-attestation")
     assert result["state"] == "completed", result
     assert [(a["txid"], a["sequence"]) for a in result["attestations"]] == [(second, 1)]
+
+
+def test_the_lead_attests_by_itself_and_pushes_to_the_wire_system(make_cluster, bitcoind) -> None:
+    from tests.wire.simulator import WireSimulator
+
+    with WireSimulator() as wire:
+        cluster = make_cluster(bitcoind=section(bitcoind), auto_attest=True,
+                               attestation_push_url=f"{wire.url}/attestations")  # fmt: skip
+        assert all(r["state"] == "completed" for r in run_dkg(cluster))
+        bitcoin_states(cluster, "synced")
+        info = cluster[1].call("key-info")
+        group_key = bytes.fromhex(info["keys"]["attestation"][0]["group_key"])
+        for node in cluster.nodes.values():
+            address = node.call("deposit-address", recipient="wire:bob")["address"]
+        txid = bitcoind.call("sendtoaddress", address, "0.4")
+        bitcoind.call("generatetoaddress", 6, bitcoind.call("getnewaddress"))
+        deadline = time.monotonic() + 30
+        while not wire.received_attestations and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (pushed,) = wire.received_attestations
+        attestation = verify(bytes.fromhex(pushed["message"]), bytes.fromhex(pushed["signature"]),
+                             group_key)  # fmt: skip
+        assert (attestation.txid, attestation.amount_sats) == (txid, 40_000_000)
+        # Only the lead (node 1) coordinated: the others hold no signed attestation of their own.
+        assert cluster[2].call("attestations", after=-1)["attestations"] == []
