@@ -256,7 +256,7 @@ def parse_config(document: Any) -> NodeConfig:
     round_timeout = ceremony.take("round_timeout_seconds", _number, 10.0)
     ceremony.done()
     bitcoin = _bitcoin(top.section("bitcoind")) if "bitcoind" in top.data else None
-    api = _api(top.section("api", {}), data_dir, engine_socket)
+    api = _api(top.section("api", {}), engine_socket)
     wire = _wire(top.section("wire", {}))
     metrics = top.section("metrics", {})
     metrics_listen = metrics.take("listen", _metrics_address, "127.0.0.1:9101")
@@ -286,7 +286,7 @@ def parse_config(document: Any) -> NodeConfig:
     )
 
 
-def _api(fields: StrictObject, data_dir: Path, engine_socket: Path) -> ApiConfig:
+def _api(fields: StrictObject, engine_socket: Path) -> ApiConfig:
     runtime = engine_socket.parent
     config = ApiConfig(
         socket=fields.take("socket", _path, runtime / "api.sock"),

@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 CEREMONY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 APPROVAL_SECONDS = 3600
 SERVICE_DISABLED = "service-disabled"
+ATTESTATIONS_PUSHED = "attestations-pushed"  # reason: the last sequence the Wire system acked
 PENDING_PER_CEREMONY = 256
 PENDING_CEREMONIES = 16
 
@@ -623,10 +624,8 @@ class Engine:
         until it is acknowledged; the delivered cursor survives restarts."""
         loop = asyncio.get_running_loop()
         while True:
-            row = self.store.connection.execute(
-                "SELECT reason FROM flags WHERE name = 'attestations-pushed'"
-            ).fetchone()
-            after = int(row[0]) if row is not None else -1
+            pushed = self.store.flag(ATTESTATIONS_PUSHED)
+            after = int(pushed[1]) if pushed is not None else -1
             batch = self.signed_attestations(after, 50)["attestations"]
             delivered = after
             for item in batch:
@@ -635,11 +634,7 @@ class Engine:
                     break
                 delivered = item["sequence"]
             if delivered != after:
-                with self.store.transaction():
-                    self.store.connection.execute(
-                        "INSERT OR REPLACE INTO flags VALUES ('attestations-pushed', 'cursor',"
-                        " ?, ?)", (str(delivered), time.time()),
-                    )  # fmt: skip
+                self.store.set_flag(ATTESTATIONS_PUSHED, "cursor", str(delivered))
                 continue
             await asyncio.sleep(self.config.wire.push_seconds)
 
@@ -656,26 +651,18 @@ class Engine:
 
     # -- the service switch, backups, checks ------------------------------------------------
     def service_disabled(self) -> str | None:
-        row = self.store.connection.execute(
-            "SELECT reason FROM flags WHERE name = ?", (SERVICE_DISABLED,)
-        ).fetchone()
-        return None if row is None else str(row[0])
+        flag = self.store.flag(SERVICE_DISABLED)
+        return None if flag is None else flag[1]
 
     def set_service(self, enabled: bool, reason: str, actor: str) -> dict[str, Any]:
         """`disable-service` stops every signature (and key ceremony) on this node until
         `enable-service`; status and key-info keep answering."""
         if not enabled and not reason:
             raise CommandError("bad-request", "disabling the service needs a reason")
-        with self.store.transaction():
-            if enabled:
-                self.store.connection.execute(
-                    "DELETE FROM flags WHERE name = ?", (SERVICE_DISABLED,)
-                )
-            else:
-                self.store.connection.execute(
-                    "INSERT OR REPLACE INTO flags VALUES (?, 'true', ?, ?)",
-                    (SERVICE_DISABLED, f"{reason} (by {actor})", time.time()),
-                )
+        if enabled:
+            self.store.clear_flag(SERVICE_DISABLED)
+        else:
+            self.store.set_flag(SERVICE_DISABLED, "true", f"{reason} (by {actor})")
         self.audit(
             "service.switched", "success",
             f"service {'enabled' if enabled else 'disabled'} by {actor}: {reason or '-'}",

@@ -140,7 +140,7 @@ class ChainView:
             if deposit.state != "attested":
                 self.records.set_deposit_state(deposit.txid, deposit.vout, "reorged")
             elif gone:
-                self.records.set_flag(
+                self.records.store.set_flag(
                     MINTING_PAUSED,
                     "true",
                     f"attested deposit {deposit.txid}:{deposit.vout} was removed by a reorg",
@@ -227,7 +227,7 @@ class ChainView:
             self.records.set_deposit_state(txid, vout, "attested")
 
     def minting_paused(self) -> str | None:
-        flag = self.records.flag(MINTING_PAUSED)
+        flag = self.records.store.flag(MINTING_PAUSED)
         return None if flag is None else flag[1]
 
     def unspent(self, kinds: Sequence[str] | None = None) -> list[OutputRow]:

@@ -1,6 +1,6 @@
 """What the node knows of the Bitcoin chain: every block it saw (canonical or not), the
 outputs paying and the inputs spending the custody key's scripts per block, the deposits it
-reported, chain events (reorgs) and flags (minting paused).
+reported, and chain events (reorgs, forks). Flags (minting paused) are the store's.
 
 Outputs and spends are recorded per block, so a reorg only flips `canonical` flags: the
 custody UTXO set is always "outputs in canonical blocks not spent in canonical blocks".
@@ -259,15 +259,3 @@ class ChainRecords:
     def fork_tips(self) -> set[str]:
         rows = self.db.execute("SELECT detail FROM chain_events WHERE kind = 'fork'")
         return {str(json.loads(r[0]).get("tip")) for r in rows}
-
-    def set_flag(self, name: str, value: str, reason: str) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO flags VALUES (?, ?, ?, ?)", (name, value, reason, time.time())
-        )
-
-    def flag(self, name: str) -> tuple[str, str] | None:
-        row = self.db.execute("SELECT value, reason FROM flags WHERE name = ?", (name,)).fetchone()
-        return None if row is None else (row[0], row[1])
-
-    def clear_flag(self, name: str) -> None:
-        self.db.execute("DELETE FROM flags WHERE name = ?", (name,))

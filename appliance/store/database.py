@@ -281,6 +281,20 @@ class Store:
         ).fetchone()
         return row is not None
 
+    # -- flags: the node's switches and cursors (minting paused, service disabled, ...) ----
+    def set_flag(self, name: str, value: str, reason: str) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO flags VALUES (?, ?, ?, ?)", (name, value, reason, time.time())
+        )
+
+    def flag(self, name: str) -> tuple[str, str] | None:
+        """(value, reason) of a flag, or None if it is not set."""
+        row = self._db.execute("SELECT value, reason FROM flags WHERE name = ?", (name,)).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def clear_flag(self, name: str) -> None:
+        self._write("DELETE FROM flags WHERE name = ?", (name,))
+
     # -- keys ------------------------------------------------------------------------------
     def add_key(self, key: KeyRow) -> None:
         self._write(
