@@ -172,6 +172,56 @@ EVENTS: Final[dict[str, AuditEvent]] = {
         journal.LOG_NOTICE,
         "a deposit's mint attestation was signed by the cluster",
     ),
+    "burn.accepted": AuditEvent(
+        "4192b34cf3ec4208849ca815130f3f4e",
+        journal.LOG_NOTICE,
+        "a burn from the Wire system was verified and queued for payment",
+    ),
+    "burn.refused": AuditEvent(
+        "3cd8b1fbf75041eab932ca3b1ef96b9b",
+        journal.LOG_WARNING,
+        "a burn record failed verification and will never be paid",
+    ),
+    "burn.approved": AuditEvent(
+        "86a186fda988414daa0f98f9f3f70a6d",
+        journal.LOG_NOTICE,
+        "an operator approved paying a burn above the approval amount",
+    ),
+    "burn.paid": AuditEvent(
+        "71e49b1971964136b7a065c7eb5852e6",
+        journal.LOG_NOTICE,
+        "a burn's withdrawal confirmed and was reported to the Wire system",
+    ),
+    "withdrawal.signed": AuditEvent(
+        "b0cf3201dcd44f32b1fb847c31debcaf",
+        journal.LOG_NOTICE,
+        "the cluster signed a withdrawal or consolidation transaction",
+    ),
+    "withdrawal.confirmed": AuditEvent(
+        "1487babceca74b0a9742be6d47b6b9c9",
+        journal.LOG_NOTICE,
+        "a withdrawal or consolidation reached its confirmations",
+    ),
+    "withdrawal.replaced": AuditEvent(
+        "c463289332db4faea575f20a07497320",
+        journal.LOG_NOTICE,
+        "a stuck withdrawal was replaced at a higher fee rate",
+    ),
+    "withdrawal.conflicted": AuditEvent(
+        "ec829178f4a24f5485639f600e951a01",
+        journal.LOG_CRIT,
+        "an input of a withdrawal was spent by another transaction",
+    ),
+    "withdrawal.failed": AuditEvent(
+        "dfb84d6e41844dcaba45beccf1b2519b",
+        journal.LOG_WARNING,
+        "a withdrawal round could not be carried out",
+    ),
+    "policy.changed": AuditEvent(
+        "5882e9e3346c43d789a08aa21413238c",
+        journal.LOG_NOTICE,
+        "an admin changed this node's signing policy",
+    ),
     "control.refused": AuditEvent(
         "619d1ca07ac14fc4828a48baec2e6de5",
         journal.LOG_WARNING,

@@ -19,7 +19,16 @@ from hsm.config import HsmConfig, SecretSource, read_secret
 
 from .strictjson import StrictObject, as_bool, as_hex, as_integer, as_list, as_string
 
-__all__ = ["ConfigError", "NodeConfig", "PartyConfig", "load_config", "parse_config"]
+__all__ = [
+    "ConfigError",
+    "FeeReservoirConfig",
+    "NodeConfig",
+    "PartyConfig",
+    "Policy",
+    "load_config",
+    "parse_config",
+    "parse_policy",
+]
 
 
 class ConfigError(ValueError):
@@ -72,12 +81,48 @@ NETWORKS = ("mainnet", "testnet", "signet", "regtest")
 
 @dataclass(frozen=True)
 class WireConfig:
-    """The Wire system's side: where signed attestations are pushed, and whether this node
-    attests confirmed deposits by itself (the lead node coordinates)."""
+    """The Wire system's side: where signed attestations are pushed, whether this node
+    attests and pays by itself (the lead node coordinates), where burns are read and who
+    signs them, and where paid burns are reported."""
 
     attestation_push_url: str | None
     auto_attest: bool
     push_seconds: float
+    burn_feed_url: str | None = None
+    burn_authority_key: bytes | None = None  # Ed25519 public key of the burn authority
+    proof_verifier: tuple[str, ...] | None = None  # argv that must also accept each burn
+    feed_poll_seconds: float = 5.0
+    paid_report_url: str | None = None
+    auto_pay: bool = True
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What this node signs, checked by every node on its own; an admin may change it at run
+    time (audited), the configuration gives its starting values."""
+
+    max_withdrawal_sats: int = 1_000_000_000
+    daily_outflow_sats: int = 5_000_000_000
+    min_deposit_sats: int = 10_000
+    max_deposit_sats: int = 10_000_000_000
+    min_burn_sats: int = 10_000
+    approval_above_sats: int = 100_000_000
+    approvals_required: int = 2
+    max_batch: int = 100
+
+    def to_json(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+@dataclass(frozen=True)
+class FeeReservoirConfig:
+    """The fee reservoir: swept when `consolidation_threshold` outputs of at least
+    `min_fee_amount` sat wait, to `consolidation_address` (None: only on demand, to an
+    address the operators approve)."""
+
+    consolidation_threshold: int = 10
+    min_fee_amount: int = 1000
+    consolidation_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +153,8 @@ class NodeConfig:
     bitcoin: BitcoinConfig | None = None
     api: ApiConfig | None = None
     wire: WireConfig = WireConfig(None, True, 5.0)
+    policy: Policy = Policy()
+    fee_reservoir: FeeReservoirConfig = FeeReservoirConfig()
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9101)
     curve_secret: SecretSource = field(
         default_factory=lambda: SecretSource(
@@ -258,6 +305,8 @@ def parse_config(document: Any) -> NodeConfig:
     bitcoin = _bitcoin(top.section("bitcoind")) if "bitcoind" in top.data else None
     api = _api(top.section("api", {}), engine_socket)
     wire = _wire(top.section("wire", {}))
+    policy = parse_policy(top.section("policy", {}), Policy())
+    reservoir = _fee_reservoir(top.section("fee_reservoir", {}))
     metrics = top.section("metrics", {})
     metrics_listen = metrics.take("listen", _metrics_address, "127.0.0.1:9101")
     metrics.done()
@@ -267,6 +316,18 @@ def parse_config(document: Any) -> NodeConfig:
         raise ConfigError(f"node_id: {node_id!r} is not one of the parties")
     if not 2 <= threshold <= len(parties):
         raise ConfigError(f"threshold: {threshold} must be between 2 and {len(parties)} (parties)")
+    if policy.approvals_required > len(parties):
+        raise ConfigError(f"policy.approvals_required: {policy.approvals_required} exceeds the "
+                          f"{len(parties)} parties")  # fmt: skip
+    if reservoir.consolidation_address is not None:
+        from appliance.chain.address import AddressError, script_of_address
+
+        if bitcoin is None:
+            raise ConfigError("fee_reservoir.consolidation_address: needs a bitcoind section")
+        try:
+            script_of_address(reservoir.consolidation_address, bitcoin.network)
+        except (AddressError, ValueError) as exc:
+            raise ConfigError(f"fee_reservoir.consolidation_address: {exc}") from None
     return NodeConfig(
         cluster_id=cluster_id,
         node_id=node_id,
@@ -282,6 +343,8 @@ def parse_config(document: Any) -> NodeConfig:
         bitcoin=bitcoin,
         api=api,
         wire=wire,
+        policy=policy,
+        fee_reservoir=reservoir,
         metrics_listen=metrics_listen,
     )
 
@@ -308,10 +371,79 @@ def _wire(fields: StrictObject) -> WireConfig:
     )
     if url is not None and not url.startswith(("http://", "https://")):
         raise ConfigError("wire.attestation_push_url: must be an http:// or https:// URL")
+
+    def optional_url(name: str) -> str | None:
+        value = fields.take(name, lambda v, p: None if v is None else as_string(v, p, 2048), None)
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ConfigError(f"wire.{name}: must be an http:// or https:// URL")
+        return value
+
+    def verifier(value: Any, path: str) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        argv = as_list(lambda v, p: as_string(v, p, 4096), 64)(value, path)
+        if not argv or not argv[0].startswith("/"):
+            raise ValueError("must be an argv whose first item is an absolute path")
+        return tuple(argv)
+
     config = WireConfig(
         attestation_push_url=url,
         auto_attest=fields.take("auto_attest", as_bool, True),
         push_seconds=fields.take("push_seconds", _number, 5.0),
+        burn_feed_url=optional_url("burn_feed_url"),
+        burn_authority_key=fields.take(
+            "burn_authority_key", lambda v, p: None if v is None else _identity_key(v, p), None
+        ),
+        proof_verifier=fields.take("proof_verifier", verifier, None),
+        feed_poll_seconds=fields.take("feed_poll_seconds", _number, 5.0),
+        paid_report_url=optional_url("paid_report_url"),
+        auto_pay=fields.take("auto_pay", as_bool, True),
+    )
+    fields.done()
+    if config.burn_feed_url is not None and config.burn_authority_key is None:
+        raise ConfigError("wire.burn_authority_key: required with burn_feed_url (burns are "
+                          "verified against it)")  # fmt: skip
+    return config
+
+
+def parse_policy(fields: StrictObject, base: Policy) -> Policy:
+    """A policy from `fields`, each missing field taken from `base`."""
+
+    def sats(name: str) -> int:
+        return int(fields.take(name, lambda v, p: as_integer(v, p, 0, 21 * 10**14),
+                               getattr(base, name)))  # fmt: skip
+
+    policy = Policy(
+        max_withdrawal_sats=sats("max_withdrawal_sats"),
+        daily_outflow_sats=sats("daily_outflow_sats"),
+        min_deposit_sats=sats("min_deposit_sats"),
+        max_deposit_sats=sats("max_deposit_sats"),
+        min_burn_sats=sats("min_burn_sats"),
+        approval_above_sats=sats("approval_above_sats"),
+        approvals_required=fields.take(
+            "approvals_required", lambda v, p: as_integer(v, p, 1, 255), base.approvals_required
+        ),
+        max_batch=fields.take("max_batch", lambda v, p: as_integer(v, p, 1, 1000), base.max_batch),
+    )
+    fields.done()
+    if policy.min_deposit_sats > policy.max_deposit_sats:
+        raise ConfigError("policy.min_deposit_sats: must not exceed max_deposit_sats")
+    if policy.min_burn_sats > policy.max_withdrawal_sats:
+        raise ConfigError("policy.min_burn_sats: must not exceed max_withdrawal_sats")
+    if policy.max_withdrawal_sats > policy.daily_outflow_sats:
+        raise ConfigError("policy.max_withdrawal_sats: must not exceed daily_outflow_sats")
+    return policy
+
+
+def _fee_reservoir(fields: StrictObject) -> FeeReservoirConfig:
+    config = FeeReservoirConfig(
+        consolidation_threshold=fields.take(
+            "consolidation_threshold", lambda v, p: as_integer(v, p, 1, 500), 10
+        ),
+        min_fee_amount=fields.take("min_fee_amount", lambda v, p: as_integer(v, p, 1, 10**9), 1000),
+        consolidation_address=fields.take(
+            "consolidation_address", lambda v, p: None if v is None else as_string(v, p, 128), None
+        ),
     )
     fields.done()
     return config

@@ -41,6 +41,10 @@ STATE_CHANGING = {
     "set-service",
     "backup-key-share",
     "restore-key-share",
+    "test-burn",
+    "test-consolidate-fees",
+    "approve-burn",
+    "set-policy",
 }
 
 
@@ -82,6 +86,12 @@ class ControlServer:
             "security-check": self._security_check,
             "test-attestation": self._test_attestation,
             "attestations": self._attestations,
+            "test-burn": self._test_burn,
+            "test-consolidate-fees": self._test_consolidate_fees,
+            "approve-burn": self._approve_burn,
+            "payouts": self._payouts,
+            "fee-reservoir": self._fee_reservoir,
+            "set-policy": self._set_policy,
         }
 
     async def start(self) -> None:
@@ -265,6 +275,36 @@ class ControlServer:
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (after, limit)):
             raise ValueError("after and limit must be integers")
         return self.engine.signed_attestations(after, limit)
+
+    async def _test_burn(self, params: dict[str, Any], actor: str) -> Any:
+        self.engine.require_signing()
+        return await self.engine.payouts.run(actor)
+
+    async def _test_consolidate_fees(self, params: dict[str, Any], actor: str) -> Any:
+        coordinate = params.get("coordinate", True)
+        if not isinstance(coordinate, bool):
+            raise ValueError("coordinate must be true or false")
+        if coordinate:
+            self.engine.require_signing()
+        return await self.engine.payouts.consolidate(
+            _optional(params, "address"), actor, coordinate, forced=True
+        )
+
+    async def _approve_burn(self, params: dict[str, Any], actor: str) -> Any:
+        self.engine.require_signing()
+        return await self.engine.payouts.approve_burn(str(params["burn_id"]), actor)
+
+    async def _payouts(self, params: dict[str, Any], actor: str) -> Any:
+        return self.engine.payouts.listing()
+
+    async def _fee_reservoir(self, params: dict[str, Any], actor: str) -> Any:
+        return self.engine.payouts.reservoir()
+
+    async def _set_policy(self, params: dict[str, Any], actor: str) -> Any:
+        changes = params.get("policy")
+        if not isinstance(changes, dict):
+            raise ValueError("policy must be an object of the fields to change")
+        return self.engine.payouts.set_policy(changes, actor)
 
     async def _ceremony(self, params: dict[str, Any], actor: str) -> Any:
         return self.engine.ceremony_info(str(params["ceremony_id"]))

@@ -13,7 +13,6 @@ import logging
 import re
 import shutil
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from appliance.ceremony.refresh import RefreshCeremony
 from appliance.ceremony.requests import (
     POLICIES,
     TEST_SIGNING,
+    SigningRefused,
     SigningRequest,
     message_digest,
     test_signing_request,
@@ -33,10 +33,13 @@ from appliance.ceremony.requests import (
 from appliance.ceremony.signing import (
     SigningCoordinator,
     SigningParticipant,
+    check_policy,
     judge_share_blame,
 )
 from appliance.chain.service import ChainService
 from appliance.config import NodeConfig
+from appliance.crashpoint import crash_point
+from appliance.errors import CommandError
 from appliance.frost import KeyShare, PublicKeyPackage
 from appliance.mesh.envelope import Envelope
 from appliance.mesh.transport import Mesh
@@ -45,12 +48,15 @@ from appliance.store import AttestationRecords, Store
 from appliance.store.chain import DepositRow
 from appliance.store.database import KeyRow
 from appliance.wire.attestation import MintAttestation
+from appliance.wire.push import post_json
 from appliance.workflows.mint import (
     MAX_BATCH,
     MINT_ATTESTATION,
     attestation_request,
     check_mint_attestation,
 )
+from appliance.workflows.payouts import APPROVAL_ROUND, Payouts
+from appliance.workflows.withdrawal import CONSOLIDATION, WITHDRAWAL, check_payout
 from hsm.backup import (
     Passphrase,
     RecoveryKey,
@@ -72,28 +78,6 @@ SERVICE_DISABLED = "service-disabled"
 ATTESTATIONS_PUSHED = "attestations-pushed"  # reason: the last sequence the Wire system acked
 PENDING_PER_CEREMONY = 256
 PENDING_CEREMONIES = 16
-
-
-def _post_json(url: str, body: dict[str, Any]) -> bool:
-    """POST one attestation; True only on an explicit acknowledgement."""
-    request = urllib.request.Request(  # noqa: S310 - the configured http(s) endpoint
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            answer = json.loads(response.read(1 << 16))
-            return response.status == 200 and isinstance(answer, dict) and answer.get("ack") is True
-    except (OSError, ValueError) as exc:
-        log.warning("attestation push to %s failed: %s", url, exc)
-        return False
-
-
-class CommandError(Exception):
-    """A control command cannot be carried out; `code` is stable, the message readable."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class Engine:
@@ -130,7 +114,14 @@ class Engine:
             self.metrics_snapshot, config.api.metrics_dir if config.api is not None else None
         )
         self.attestations = AttestationRecords(store)
-        self.policies = {**POLICIES, MINT_ATTESTATION: check_mint_attestation}
+        self.payouts = Payouts(self)
+        self.policies = {
+            **POLICIES,
+            MINT_ATTESTATION: check_mint_attestation,
+            WITHDRAWAL: lambda _node, request: check_payout(self.payouts, request),
+            CONSOLIDATION: lambda _node, request: check_payout(self.payouts, request),
+        }
+        self._paying: asyncio.Task[Any] | None = None
         self.ceremonies: dict[str, Ceremony] = {}
         self.finished: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.pending: dict[str, list[Envelope]] = {}
@@ -192,6 +183,12 @@ class Engine:
         """Every envelope the mesh accepted lands here."""
         if envelope.round == "sign.blame":
             self._judge_blame(envelope)
+            return
+        if envelope.round == APPROVAL_ROUND:
+            problem = self.payouts.receive_approval(envelope.sender, envelope.payload)
+            if problem is not None:
+                self.refuse("mesh.message-rejected", "malformed",
+                            {"peer": str(envelope.sender), "detail": problem})  # fmt: skip
             return
         ceremony = self.ceremonies.get(envelope.ceremony_id)
         if ceremony is not None:
@@ -510,7 +507,7 @@ class Engine:
             minting_paused=minting_paused,
             signing_blocked=self.signing_blocked() is not None,
             pending_deposits=pending_deposits,
-            pending_withdrawals=0,  # withdrawals arrive with the burn workflow
+            pending_withdrawals=self.payouts.open_count(),
             open_ceremonies=len(self.ceremonies),
             data_disk_free_bytes=disk.free,
             data_disk_size_bytes=disk.total,
@@ -541,6 +538,10 @@ class Engine:
     def bind_attestations(self, attestations: Sequence[MintAttestation]) -> str | None:
         return self.attestations.bind(attestations)
 
+    def deposit_bounds(self) -> tuple[int, int]:
+        policy = self.payouts.policy
+        return policy.min_deposit_sats, policy.max_deposit_sats
+
     async def attest(self, actor: str) -> dict[str, Any]:
         """Coordinate the attestation of every deposit this node's view shows confirmed and
         not yet attested (`test-attestation` runs it on demand)."""
@@ -555,8 +556,13 @@ class Engine:
         for row in self.attestations.unsigned():
             attestations.append(MintAttestation.decode(row.message))
         bound = {(a.txid, a.vout) for a in attestations}
+        low, high = self.deposit_bounds()
         for deposit in view.records.deposits("confirmed"):
             if (deposit.txid, deposit.vout) in bound:
+                continue
+            if not low <= deposit.amount <= high:
+                log.warning("deposit %s:%s of %d sat is outside %d..%d; not attested",
+                            deposit.txid, deposit.vout, deposit.amount, low, high)  # fmt: skip
                 continue
             if self.attestations.bound(deposit.txid, deposit.vout) is not None:
                 continue  # signed already
@@ -569,9 +575,16 @@ class Engine:
             return {"state": "nothing-to-attest", "attestations": []}
         batch = sorted(attestations, key=lambda a: a.sequence)[:MAX_BATCH]
         request = attestation_request(batch)
+        try:
+            check_policy(self, request)  # binds on this node before anything leaves it
+        except SigningRefused as exc:
+            return {"state": "refused", "reason": str(exc),
+                    "attestations": [a.to_json() for a in batch]}  # fmt: skip
+        crash_point("mint.proposed")
         result = await self.sign_request(request)
         if result.get("state") != "completed":
             return {**result, "attestations": [a.to_json() for a in batch]}
+        crash_point("mint.signed")
         signed = []
         with self.store.transaction():
             for a, signature in zip(batch, result["signatures"], strict=True):
@@ -599,6 +612,8 @@ class Engine:
         return self.config.me.identifier == min(alive)
 
     def _chain_changed(self, change: Any) -> None:
+        if self._paying is None or self._paying.done():
+            self._paying = self._spawn(self._pay(), "payouts")
         if not self.config.wire.auto_attest or not self.is_lead():
             return
         if self._attesting is not None and not self._attesting.done():
@@ -606,6 +621,27 @@ class Engine:
         self._attesting = asyncio.create_task(self._auto_attest(), name="auto-attest")
         self._tasks.add(self._attesting)
         self._attesting.add_done_callback(self._tasks.discard)
+
+    def _spawn(self, work: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _pay(self) -> None:
+        try:
+            await self.payouts.on_chain_change()
+        except CommandError as exc:
+            log.info("payouts not run: %s", exc)
+        except Exception:
+            log.exception("payouts crashed")
+
+    async def _poll_burns(self) -> None:
+        """Every node reads the burn feed; the lead also pays, when it pays by itself."""
+        while True:
+            await asyncio.sleep(self.config.wire.feed_poll_seconds)
+            if self._paying is None or self._paying.done():
+                self._paying = self._spawn(self._pay(), "payouts")
 
     async def _auto_attest(self) -> None:
         try:
@@ -629,7 +665,7 @@ class Engine:
             batch = self.signed_attestations(after, 50)["attestations"]
             delivered = after
             for item in batch:
-                ok = await loop.run_in_executor(None, _post_json, url, item)
+                ok = await loop.run_in_executor(None, post_json, url, item)
                 if not ok:
                     break
                 delivered = item["sequence"]
@@ -677,6 +713,14 @@ class Engine:
             "reason": disabled,
             "signing_blocked": self.signing_blocked(),
         }
+
+    def require_signing(self) -> None:
+        """Refuse a command that would sign while this node does not sign (disabled service,
+        bitcoind not synced) or holds no keys yet."""
+        blocked = self.signing_blocked()
+        if blocked is not None:
+            raise CommandError("signing-blocked", blocked)
+        self.group_key("custody")
 
     def _require_service(self) -> None:
         disabled = self.service_disabled()
@@ -857,6 +901,8 @@ class Engine:
                 name="attestation-push",
             )
             self._tasks.add(push)
+        if self.config.wire.burn_feed_url is not None:
+            self._spawn(self._poll_burns(), "burn-feed")
         self.audit("engine.started", "success", f"engine of {self.config.node_id} started")
 
     async def stop(self) -> None:

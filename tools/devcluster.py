@@ -163,15 +163,25 @@ class DevNode:
             "auto_attest": self.cluster.auto_attest,
             "attestation_push_url": self.cluster.attestation_push_url,
             "push_seconds": 0.5,
+            "auto_pay": False,
+            **self.cluster.wire,
         }
+        if self.cluster.policy:
+            config["policy"] = self.cluster.policy
+        if self.cluster.fee_reservoir:
+            config["fee_reservoir"] = self.cluster.fee_reservoir
         self.config_path.write_text(json.dumps(config, indent=2) + "\n")
 
-    def start(self, command: list[str] | None = None) -> None:
+    def start(self, command: list[str] | None = None, crash_at: str | None = None) -> None:
+        """Start the engine (and the API); `crash_at` arms a crash point for the tests."""
         argv = command or [sys.executable, "-m", "appliance.daemon"]
         log = self.log_path.open("ab")
+        env = self.environment()
+        if crash_at is not None:
+            env["WIRE_MPC_CRASH_AT"] = crash_at
         self.process = subprocess.Popen(
             [*argv, "--config", str(self.config_path)],
-            env=self.environment(),
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -248,8 +258,14 @@ class DevCluster:
         session_seconds: float = 900.0,
         auto_attest: bool = False,
         attestation_push_url: str | None = None,
+        wire: dict[str, Any] | None = None,
+        policy: dict[str, Any] | None = None,
+        fee_reservoir: dict[str, Any] | None = None,
     ) -> None:
         self.auto_attest = auto_attest  # tests drive attestations themselves unless asked
+        self.wire = wire or {}  # more of the `wire` section (burn feed, paid reports, auto_pay)
+        self.policy = policy or {}
+        self.fee_reservoir = fee_reservoir or {}
         self.attestation_push_url = attestation_push_url
         self.root = root
         self.api = api  # also run each node's wire-api (gunicorn) on its own socket

@@ -11,6 +11,18 @@ from .transaction import Transaction
 
 __all__ = ["BroadcastRefused", "broadcast"]
 
+# bitcoind's answers for a transaction it holds already (in its mempool, possibly with another
+# witness, or confirmed): putting it on the network again is done, not refused.
+ALREADY_KNOWN = frozenset(
+    (
+        "txn-already-in-mempool",
+        "txn-same-nonwitness-data-in-mempool",
+        "txn-already-known",
+        "Transaction already in block chain",
+        "Transaction outputs already in utxo set",
+    )
+)
+
 
 class BroadcastRefused(Exception):
     def __init__(self, txid: str, reason: str) -> None:
@@ -36,6 +48,10 @@ async def broadcast(rpc: BitcoindRpc, tx: Transaction, audit: Callable[..., None
                 raise RpcProtocolError(f"sendrawtransaction answered {sent!r} for {txid}")
         except BitcoindError as exc:
             reason = exc.message
+    if reason in ALREADY_KNOWN:
+        audit("chain.broadcast", "success", f"transaction {txid} was known to bitcoind already",
+              txid=txid, reason=reason)  # fmt: skip
+        return txid
     if reason is not None:
         audit(
             "chain.broadcast-refused", "refused", f"bitcoind refused transaction {txid}: {reason}",

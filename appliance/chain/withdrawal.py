@@ -33,8 +33,10 @@ __all__ = [
     "Spendable",
     "WithdrawalError",
     "WithdrawalPlan",
+    "build_sweep",
     "build_withdrawal",
     "replace_withdrawal",
+    "spend_exactly",
 ]
 
 MAX_INPUTS = 500
@@ -199,3 +201,38 @@ def replace_withdrawal(
     if replacement.fee <= plan.fee:
         raise WithdrawalError("a replacement must pay a higher absolute fee")
     return replacement
+
+
+def spend_exactly(
+    spent: Sequence[Spendable], payouts: Sequence[Payout], change_script: bytes, fee_rate: float
+) -> WithdrawalPlan:
+    """The plan paying `payouts` from exactly `spent` (a replacement's inputs, fixed once the
+    first transaction was signed)."""
+    plan = _settle(sorted(spent, key=lambda s: (s.txid, s.vout)), _check_payouts(payouts),
+                   change_script, fee_rate)  # fmt: skip
+    if plan is None:
+        raise WithdrawalError(f"these inputs cannot pay the payouts at {fee_rate:.2f} sat/vB")
+    return plan
+
+
+def build_sweep(spent: Sequence[Spendable], script: bytes, fee_rate: float) -> WithdrawalPlan:
+    """Everything in `spent` to one output (the fee reservoir's consolidation), less the fee."""
+    if not spent:
+        raise WithdrawalError("a sweep needs inputs")
+    if len(spent) > MAX_INPUTS:
+        raise WithdrawalError(f"{len(spent)} inputs exceed the limit of {MAX_INPUTS}")
+    kind = script_type(script)
+    if kind is None:
+        raise WithdrawalError("the sweep would pay a non-standard script")
+    ordered = sorted(spent, key=lambda s: (s.txid, s.vout))
+    vsize = _vsize(len(ordered), [Payout("sweep", script, 0)], None)
+    fee = math.ceil(fee_rate * vsize)
+    amount = sum(s.amount for s in ordered) - fee
+    if amount < DUST[kind]:
+        raise WithdrawalError(
+            f"{sum(s.amount for s in ordered)} sat cannot pay a {fee} sat fee and leave more "
+            f"than dust"
+        )
+    payout = Payout("sweep", script, amount)
+    tx = _transaction(ordered, [payout], 0, script)
+    return WithdrawalPlan(tx, tuple(ordered), (payout,), 0, fee, fee / vsize)

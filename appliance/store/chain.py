@@ -136,6 +136,16 @@ class ChainRecords:
         ).fetchone()
         return row is not None
 
+    def spender(self, txid: str, vout: int) -> tuple[str, int] | None:
+        """The transaction spending an output in a canonical block, and that block's height."""
+        row = self.db.execute(
+            "SELECT s.spending_txid, b.height FROM spends s"
+            " JOIN blocks b ON b.hash = s.block_hash AND b.canonical = 1"
+            " WHERE s.txid = ? AND s.vout = ?",
+            (txid, vout),
+        ).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]))
+
     def watched_outpoints(self) -> set[tuple[str, int]]:
         return {(r[0], int(r[1])) for r in self.db.execute("SELECT txid, vout FROM outputs")}
 

@@ -147,4 +147,57 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        5,
+        """
+        CREATE TABLE burns (
+            burn_id     TEXT PRIMARY KEY,
+            entry       TEXT NOT NULL,
+            script      BLOB NOT NULL,
+            amount      INTEGER NOT NULL,
+            state       TEXT NOT NULL CHECK (state IN ('queued', 'bound', 'paid')),
+            withdrawal  TEXT,
+            received_at REAL NOT NULL,
+            paid_txid   TEXT,
+            reported    INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX burns_by_state ON burns (state, received_at);
+        CREATE TABLE burn_approvals (
+            burn_id   TEXT NOT NULL,
+            approver  INTEGER NOT NULL,
+            signature BLOB NOT NULL,
+            at        REAL NOT NULL,
+            PRIMARY KEY (burn_id, approver)
+        );
+        CREATE TABLE withdrawals (
+            id               TEXT PRIMARY KEY,
+            kind             TEXT NOT NULL CHECK (kind IN ('withdrawal', 'consolidation')),
+            burns            TEXT NOT NULL,
+            inputs           TEXT NOT NULL,
+            amount           INTEGER NOT NULL,
+            state            TEXT NOT NULL
+                CHECK (state IN ('proposed', 'signed', 'broadcast', 'confirmed', 'conflicted')),
+            created_at       REAL NOT NULL,
+            broadcast_height INTEGER,
+            confirmed_txid   TEXT,
+            confirmed_height INTEGER
+        );
+        CREATE TABLE withdrawal_revisions (
+            withdrawal TEXT NOT NULL REFERENCES withdrawals (id),
+            revision   INTEGER NOT NULL,
+            txid       TEXT NOT NULL,
+            fee_rate   REAL NOT NULL,
+            unsigned   BLOB NOT NULL,
+            proposal   TEXT NOT NULL,
+            signed     BLOB,
+            PRIMARY KEY (withdrawal, revision)
+        );
+        CREATE TABLE reserved_inputs (
+            txid       TEXT NOT NULL,
+            vout       INTEGER NOT NULL,
+            withdrawal TEXT NOT NULL REFERENCES withdrawals (id),
+            PRIMARY KEY (txid, vout)
+        );
+        """,
+    ),
 ]

@@ -40,6 +40,9 @@ class MintNode(Protocol):
         """Record deposit ↔ sequence for each; the reason if one conflicts with a binding
         this node made before (nothing is recorded then)."""
 
+    def deposit_bounds(self) -> tuple[int, int]:
+        """The smallest and largest deposit this node's policy attests."""
+
 
 def attestation_request(attestations: Sequence[MintAttestation]) -> SigningRequest:
     """One ceremony signs a batch; the id names its content, so a retry is the same request."""
@@ -96,6 +99,10 @@ def check_mint_attestation(node: MintNode, request: SigningRequest) -> None:
                 f"{where}: this node sees {deposit.amount} sat to {deposit.recipient!r} in "
                 f"block {deposit.block_hash}, not what the attestation states"
             )
+        low, high = node.deposit_bounds()
+        if not low <= a.amount_sats <= high:
+            raise SigningRefused(f"{where}: {a.amount_sats} sat is outside this node's deposit "
+                                 f"bounds {low}..{high}")  # fmt: skip
         if deposit.state == "reorged" or confirmations < required:
             raise SigningRefused(f"{where}: {confirmations} confirmations of {required} required")
     conflict = node.bind_attestations(attestations)
