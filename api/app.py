@@ -20,7 +20,7 @@ from api.accounts import AccountError, Accounts, User
 from api.engine import EngineLink, EngineRefused, EngineUnavailable
 from api.metrics import ApiMetrics
 from api.metrics import configure as configure_metrics
-from api.routes import ROUTES, Call, NotBuilt, Route
+from api.routes import ROUTES, Call, Route
 from api.schema import Invalid, check, coerce_query
 from appliance.audit import AuditUnavailableError, audit
 from appliance.config import NodeConfig, load_config
@@ -38,6 +38,9 @@ ENGINE_STATUS = {
     "duplicate-ceremony": 409,
     "service-disabled": 409,
     "no-bitcoind": 409,
+    "signing-blocked": 409,
+    "no-burn-authority": 409,
+    "cannot-build": 409,
     "audit-unavailable": 503,
     "unknown-method": 501,
 }
@@ -128,9 +131,6 @@ class WireApi:
         except EngineUnavailable as exc:
             status = 503
             _error(resp, 503, "engine-unavailable", str(exc))
-        except NotBuilt as exc:
-            status = 501
-            _error(resp, 501, "not-built", str(exc))
         except ValueError as exc:
             status = 400
             _error(resp, 400, "bad-request", str(exc))

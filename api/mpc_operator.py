@@ -281,8 +281,28 @@ def run(args: argparse.Namespace) -> Any:
         return _with_progress(
             "test signing", lambda: client.request("POST", "/v1/test-signing", body)
         )
-    if command in ("test-attestation", "test-burn", "test-consolidate-fees"):
-        return client.request("POST", f"/v1/{command}", {})
+    if command in ("test-attestation", "test-burn"):
+        return _with_progress(command, lambda: client.request("POST", f"/v1/{command}", {}))
+    if command == "test-consolidate-fees":
+        body = {"coordinate": not args.approve_only}
+        if args.address:
+            body["address"] = args.address
+        return _with_progress(command, lambda: client.request("POST", f"/v1/{command}", body))
+    if command in ("payouts", "fee-reservoir"):
+        return client.request("GET", f"/v1/{command}")
+    if command == "approve-burn":
+        return client.request("POST", f"/v1/burns/{quote(args.burn_id)}/approve",
+                              totp=_totp(args))  # fmt: skip
+    if command == "policy":
+        if not args.set:
+            return client.request("GET", "/v1/policy")
+        changes = {}
+        for item in args.set:
+            name, _, value = item.partition("=")
+            if not value.isdigit():
+                raise Failure("usage", f"--set {item}: give name=<whole number>")
+            changes[name] = int(value)
+        return client.request("PUT", "/v1/policy", changes, totp=_totp(args))
     if command == "enable-service":
         return client.request(
             "POST", "/v1/service/enable", {"reason": args.reason} if args.reason else {}
@@ -388,9 +408,17 @@ def parser() -> argparse.ArgumentParser:
         "test-communication",
         "test-attestation",
         "test-burn",
-        "test-consolidate-fees",
+        "payouts",
+        "fee-reservoir",
     ):
         sub.add_parser(name)
+    s = sub.add_parser("test-consolidate-fees", help="sweep the fee reservoir now")
+    s.add_argument("--address", help="sweep here (approved on this node by asking)")
+    s.add_argument("--approve-only", action="store_true", help="approve the address only")
+    s = sub.add_parser("approve-burn", help="approve paying a burn above the approval amount")
+    s.add_argument("burn_id")
+    s = sub.add_parser("policy", help="show, or (admin) change, this node's signing policy")
+    s.add_argument("--set", action="append", metavar="NAME=SATS", help="a field to change")
     s = sub.add_parser("backup", help="backup key-share")
     s.add_argument("what", choices=["key-share"])
     s.add_argument("--key", required=True, choices=["attestation", "custody"])

@@ -18,16 +18,12 @@ from api.engine import EngineLink
 from api.schema import openapi
 from appliance.config import ApiConfig
 
-__all__ = ["ALL_ROLES", "ROUTES", "Call", "NotBuilt", "Route"]
+__all__ = ["ALL_ROLES", "ROUTES", "Call", "Route"]
 
 VERSION = "1"
 ALL_ROLES = ("admin", "operator", "auditor")
 ADMIN = ("admin",)
 OPERATOR = ("operator",)
-
-
-class NotBuilt(Exception):
-    """A command of the operator tool whose engine side does not exist yet (HTTP 501)."""
 
 
 @dataclass
@@ -218,11 +214,16 @@ def document(call: Call) -> Any:
     return openapi(ROUTES, VERSION)
 
 
-def not_built(what: str) -> Handler:
-    def handler(call: Call) -> Any:
-        raise NotBuilt(f"{what} is not built yet on this node's engine")
+def approve_burn(call: Call) -> Any:
+    return call.engine("approve-burn", {"burn_id": call.params["burn_id"]}, 60.0)
 
-    return handler
+
+def set_policy(call: Call) -> Any:
+    return call.engine("set-policy", {"policy": call.body})
+
+
+def policy(call: Call) -> Any:
+    return call.engine("payouts")["policy"]
 
 
 ROUTES: tuple[Route, ...] = (
@@ -293,12 +294,34 @@ ROUTES: tuple[Route, ...] = (
           attestations,
           query={"after": {"type": "integer", "minimum": -1, "maximum": 2**62},
                  "limit": {"type": "integer", "minimum": 1, "maximum": 1000}}),
-    Route("POST", "/v1/test-burn", "test-burn", "Run a burn and its withdrawal end to end",
-          not_built("the burn-to-withdrawal workflow"), roles=OPERATOR, changes=True,
-          body=_object([])),
+    Route("POST", "/v1/test-burn", "test-burn",
+          "Read the burn feed, finish open withdrawals and pay queued burns in one batch now "
+          "(this node coordinates)",
+          engine_method("test-burn", 300.0), roles=OPERATOR, changes=True, body=_object([])),
     Route("POST", "/v1/test-consolidate-fees", "test-consolidate-fees",
-          "Sweep the fee reservoir now", not_built("the fee-consolidation workflow"),
-          roles=OPERATOR, changes=True, body=_object([])),
+          "Approve a consolidation address on this node, and sweep the fee reservoir to it "
+          "now if asked to coordinate (below the threshold too)",
+          engine_method("test-consolidate-fees", 300.0), roles=OPERATOR, changes=True,
+          body=_object([], address=_string(128), coordinate={"type": "boolean"})),
+    Route("GET", "/v1/payouts", "payouts",
+          "Burns this node verified, withdrawals and consolidations, and the policy",
+          engine_method("payouts")),
+    Route("GET", "/v1/fee-reservoir", "fee-reservoir",
+          "The fee reservoir's address and the outputs waiting there",
+          engine_method("fee-reservoir")),
+    Route("POST", "/v1/burns/{burn_id}/approve", "approve-burn",
+          "Approve paying a burn above the approval amount (sent to every peer)",
+          approve_burn, roles=OPERATOR, changes=True, sensitive=True),
+    Route("GET", "/v1/policy", "policy", "This node's signing policy", policy),
+    Route("PUT", "/v1/policy", "set-policy",
+          "Change fields of this node's signing policy (caps, deposit bounds, approvals)",
+          set_policy, roles=ADMIN, changes=True, sensitive=True,
+          body={"type": "object", "minProperties": 1, "additionalProperties": False,
+                "properties": {name: {"type": "integer", "minimum": 0, "maximum": 21 * 10**14}
+                               for name in ("max_withdrawal_sats", "daily_outflow_sats",
+                                            "min_deposit_sats", "max_deposit_sats",
+                                            "min_burn_sats", "approval_above_sats",
+                                            "approvals_required", "max_batch")}}),
     Route("POST", "/v1/deposit-addresses", "deposit-address",
           "Watch a Wire recipient's deposit address (optionally rescanning from a height)",
           engine_method("deposit-address", 120.0), roles=OPERATOR, changes=True,
