@@ -684,6 +684,9 @@ class Payouts:
                 plan = spend_exactly(spendables, payouts, self.change_script(), msat / 1000)
         except (WithdrawalError, SigningRefused) as exc:
             return {"withdrawal": withdrawal.id, "state": "stuck", "reason": str(exc)}
+        if plan.transaction.txid_hex == latest.txid:
+            return {"withdrawal": withdrawal.id, "state": "stuck",
+                    "reason": "no change output is left to pay a higher fee from"}  # fmt: skip
         replacement = dataclasses.replace(
             proposal,
             revision=latest.revision + 1,

@@ -324,6 +324,13 @@ def rebuild(node: PayoutNode, proposal: Proposal) -> WithdrawalPlan:
         plan = _plan(node, proposal, known is not None)
     except WithdrawalError as exc:
         raise SigningRefused(f"{proposal.withdrawal_id}: {exc}") from exc
+    earlier = {r.txid for r in node.records.revisions(proposal.withdrawal_id)}
+    new_revision = node.records.revision(proposal.withdrawal_id, proposal.revision) is None
+    if new_revision and plan.transaction.txid_hex in earlier:
+        raise SigningRefused(
+            f"{proposal.withdrawal_id}: the replacement is the same transaction; its fee "
+            "cannot rise"
+        )
     if plan.transaction.serialize() != proposal.transaction:
         raise SigningRefused(
             f"{proposal.withdrawal_id}: the proposed transaction differs from "
@@ -343,7 +350,8 @@ def check_payout(node: PayoutNode, request: SigningRequest) -> None:
     plan = rebuild(node, proposal)
     if request.payloads != payout_request(proposal, plan).payloads:
         raise SigningRefused("payloads differ from the inputs' signature hashes")
-    amount = sum(p.amount for p in plan.payouts)
+    spent = plan.spent if proposal.kind == CONSOLIDATION else plan.payouts
+    amount = sum(item.amount for item in spent)  # what leaves the bridge's keys
     revision = RevisionRow(
         proposal.withdrawal_id,
         proposal.revision,

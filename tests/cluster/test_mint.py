@@ -4,8 +4,13 @@ attestation verifies as plain Ed25519 under the attestation group key."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
+import pytest
+
+from appliance.control import EngineError
+from appliance.crashpoint import CRASH_EXIT
 from appliance.wire.attestation import verify
 from tests.cluster.test_bitcoin import bitcoin_states, bitcoind, section
 from tools.devcluster import DevCluster
@@ -92,3 +97,50 @@ def test_the_lead_attests_by_itself_and_pushes_to_the_wire_system(make_cluster, 
         assert (attestation.txid, attestation.amount_sats) == (txid, 40_000_000)
         # Only the lead (node 1) coordinated: the others hold no signed attestation of their own.
         assert cluster[2].call("attestations", after=-1)["attestations"] == []
+
+
+@pytest.mark.parametrize("point", ["mint.proposed", "mint.signed"])
+def test_a_crash_at_any_step_attests_each_deposit_exactly_once(
+    make_cluster, bitcoind, point
+) -> None:
+    from tests.cluster.test_payouts import commitments_are_fresh
+    from tests.wire.simulator import WireSimulator
+
+    with WireSimulator() as wire:
+        cluster = make_cluster(bitcoind=section(bitcoind),
+                               attestation_push_url=f"{wire.url}/attestations")  # fmt: skip
+        assert all(r["state"] == "completed" for r in run_dkg(cluster))
+        bitcoin_states(cluster, "synced")
+        for node in cluster.nodes.values():
+            address = node.call("deposit-address", recipient="wire:carol")["address"]
+        txids = {bitcoind.call("sendtoaddress", address, amount) for amount in ("0.1", "0.2")}
+        bitcoind.call("generatetoaddress", 6, bitcoind.call("getnewaddress"))
+        views_at(cluster, 107, [1, 2, 3])
+        coordinator = cluster[1]
+        coordinator.stop()
+        coordinator.start(crash_at=point)
+        coordinator.wait_ready(time.monotonic() + 60)
+        with contextlib.suppress(EngineError, OSError):  # the engine dies during the command
+            coordinator.call("test-attestation", within=60)
+        assert coordinator.process is not None
+        assert coordinator.process.wait(60) == CRASH_EXIT
+        coordinator.stop()
+        coordinator.start()
+        coordinator.wait_ready(time.monotonic() + 60)
+        views_at(cluster, 107, [1])
+        deadline = time.monotonic() + 30
+        while not all(p["authenticated"] for p in coordinator.call("status")["peers"].values()):
+            assert time.monotonic() < deadline, "peers did not come back"
+            time.sleep(0.1)
+        result = coordinator.call("test-attestation")
+        assert result["state"] == "completed", result
+        assert coordinator.call("test-attestation")["state"] == "nothing-to-attest"
+        outbox = coordinator.call("attestations", after=-1)["attestations"]
+        assert sorted(a["sequence"] for a in outbox) == [0, 1]
+        assert {a["txid"] for a in outbox} == txids  # each deposit once, under one sequence
+        deadline = time.monotonic() + 30
+        while len(wire.received_attestations) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pushed = [(a["sequence"], a["txid"]) for a in wire.received_attestations]
+        assert sorted(pushed) == sorted((a["sequence"], a["txid"]) for a in outbox)
+        commitments_are_fresh(cluster)
