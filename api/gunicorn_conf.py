@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from api import metrics
+from api.accounts import Accounts
 from appliance.config import load_config
 
 _config = load_config(Path(os.environ.get("WIRE_MPC_CONFIG", "/etc/wire-mpc/config.json")))
@@ -39,6 +40,10 @@ def on_starting(server: Any) -> None:
     for stale in _api.metrics_dir.glob("*.db"):  # files of workers of an earlier run
         stale.unlink()
     _api.socket.parent.mkdir(parents=True, exist_ok=True)
+    # Create and migrate the accounts database once, before the workers start: two workers
+    # switching a new database to WAL at the same moment would find it locked.
+    _api.database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    Accounts(_api.database, "wire-api").close()
 
 
 def when_ready(server: Any) -> None:

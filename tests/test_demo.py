@@ -10,8 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pbk
 from coincurve import PublicKeyXOnly
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pbk.script import PrecomputedTransactionData
+from pbk.script import ScriptVerificationFlags as Flags
+
+from appliance.wire.burns import BurnRecord
 
 from .conftest import REPO
 
@@ -47,8 +52,39 @@ def test_demo_prints_verifiable_signatures() -> None:
     assert output.verify(bytes.fromhex(summary["signatures"]["custody"]), digest)
     assert summary["deposit"]["seen_by_every_node"]
     assert summary["deposit"]["address"].startswith("bcrt1p")
+    # The mint attestation: plain Ed25519 under the attestation group key, naming the deposit.
+    message = bytes.fromhex(summary["attestation"]["message"])
+    Ed25519PublicKey.from_public_bytes(attestation).verify(
+        bytes.fromhex(summary["attestation"]["signature"]), message
+    )
+    assert bytes.fromhex(summary["deposit"]["txid"]) in message  # txid as displayed
+    # The burn was the authority's; the withdrawal and the consolidation are valid by Bitcoin
+    # Core's consensus rules (libbitcoinkernel, every input) and pay where they should.
+    burn = summary["withdrawal"]["burn"]
+    Ed25519PublicKey.from_public_bytes(
+        bytes.fromhex(summary["withdrawal"]["burn_authority_key"])
+    ).verify(bytes.fromhex(burn["signature"]), BurnRecord.from_json(burn["record"]).canonical())
+    for name in ("withdrawal", "consolidation"):
+        spent = summary[name]["spent"]
+        assert consensus_valid(bytes.fromhex(summary[name]["transaction"]), spent), name
+    assert summary["withdrawal"]["confirmations"] >= 6
+    assert summary["withdrawal"]["paid_report"]["txid"] == summary["withdrawal"]["txid"]
     # The demo leaves nothing running: no process of its cluster is alive.
     assert not [p for p in Path("/proc").glob("[0-9]*") if b"wire-demo-" in _cmdline(p)]
+
+
+def consensus_valid(raw: bytes, spent: list[dict]) -> bool:
+    """Every input of `raw` verifies under all consensus flags (libbitcoinkernel)."""
+    tx = pbk.Transaction(raw)
+    outputs = [pbk.TransactionOutput(pbk.ScriptPubkey(bytes.fromhex(s["script"])),
+                                     s["amount_sats"]) for s in spent]  # fmt: skip
+    precomputed = PrecomputedTransactionData(tx, outputs)
+    return all(
+        pbk.ScriptPubkey(bytes.fromhex(s["script"])).verify(
+            s["amount_sats"], tx, precomputed, index, Flags.ALL
+        )
+        for index, s in enumerate(spent)
+    )
 
 
 def _cmdline(process: Path) -> bytes:

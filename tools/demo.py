@@ -1,14 +1,16 @@
-"""`make demo`: a local 2-of-3 cluster of wire-mpc nodes, from provisioning to signatures.
+"""`make demo`: the whole bridge on a local 2-of-3 cluster, from provisioning to payouts.
 
 Three wire-mpcd processes on loopback, each with its own SoftHSM2 token, database, CURVE
 keys, configuration and control API (gunicorn on a Unix socket), following a regtest node
-whose every block libbitcoinkernel judges. Each organisation enrols an admin and an
-operator, and everything after is done with `mpc_operator` on each node's socket: the DKG
-of both keys, key-info, test signing with both keys, deposit addresses, status. A deposit
-to a Wire recipient's address is mined and confirmed, and every node sees it in its own
-chain view. Every signature is checked by verifiers that share no code with the nodes:
-OpenSSL's Ed25519 (through `cryptography`) and libsecp256k1's BIP340. Nothing is left
-running.
+whose every block and transaction libbitcoinkernel judges, and a simulated Wire system (burn
+feed, burn authority, paid reports). Each organisation enrols an admin and an operator, and
+everything after is done with `mpc_operator` on each node's socket: the DKG of both keys,
+key-info, test signing with both keys, a deposit mined to six confirmations and its mint
+attestation, a burn paid by a withdrawal transaction confirmed six times, and a fee
+consolidation. Every signature is checked by verifiers that share no code with the nodes:
+OpenSSL's Ed25519 (through `cryptography`) and libsecp256k1's BIP340; the transactions by
+the regtest node's libbitcoinkernel, and the summary carries what anyone needs to check them
+again. Nothing is left running.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from coincurve import PublicKeyXOnly
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from appliance.wire.attestation import verify as verify_attestation
 from tests.regtest.harness import RegtestProcess
+from tests.wire.simulator import WireSimulator
 from tools.devcluster import REPO, DevCluster, DevNode
 
 MESSAGE = "wire-mpc demo: the cluster is ready"
@@ -127,6 +131,40 @@ def wait_for_view(consoles: list[Console], height: int, within: float = 30.0) ->
         time.sleep(0.2)
 
 
+def until(check: Any, within: float = 60.0) -> Any:
+    """`check()` once it is truthy (bounded wait)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise RuntimeError(f"not reached within {within} s")
+
+
+def mine(bitcoind: RegtestProcess, blocks: int) -> int:
+    bitcoind.call("generatetoaddress", blocks, bitcoind.call("getnewaddress"))
+    return int(bitcoind.call("getblockcount"))
+
+
+def spent_outputs(bitcoind: RegtestProcess, raw: str) -> list[dict[str, Any]]:
+    """What each input of a transaction spends (script and amount), for checking it again."""
+    spent = []
+    for vin in bitcoind.call("decoderawtransaction", raw)["vin"]:
+        previous = bitcoind.call("getrawtransaction", vin["txid"], 1)["vout"][vin["vout"]]
+        spent.append({"script": previous["scriptPubKey"]["hex"],
+                      "amount_sats": round(float(previous["value"]) * 100_000_000)})  # fmt: skip
+    return spent
+
+
+def confirmed_everywhere(consoles: list[Console], withdrawal: str) -> bool:
+    for console in consoles:
+        listing = console.run("payouts")["withdrawals"]
+        if not any(w["withdrawal"] == withdrawal and w["state"] == "confirmed" for w in listing):
+            return False
+    return True
+
+
 def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="wire-demo-"))
     timings: dict[str, float] = {}
@@ -143,7 +181,13 @@ def main() -> int:
         "zmq_block": bitcoind.zmq_endpoint,
         "poll_seconds": 1,
     }
-    cluster = DevCluster(root, parties=3, threshold=2, bitcoind=section, api=True)
+    wire = WireSimulator().start()
+    print(f"   the simulated Wire system: burn feed and reports at {wire.url}")
+    cluster = DevCluster(
+        root, parties=3, threshold=2, bitcoind=section, api=True,
+        wire={"burn_feed_url": wire.url, "burn_authority_key": wire.authority_key.hex(),
+              "paid_report_url": f"{wire.url}/paid", "feed_poll_seconds": 1},
+    )  # fmt: skip
     try:
         step("provisioning three nodes: SoftHSM2 tokens, identity keys, CURVE keys, configs")
         cluster.create()
@@ -219,12 +263,87 @@ def main() -> int:
             "confirmations": 6,
             "seen_by_every_node": all(v["custody_sats"] == 50_000_000 for v in seen.values()),
         }
+
+        step("the mint attestation: `mpc_operator test-attestation` (node 1 coordinates)")
+        mark = time.perf_counter()
+        attested = consoles[0].run("test-attestation")
+        timings["attestation_ms"] = round((time.perf_counter() - mark) * 1e3, 2)
+        (attestation,) = attested["attestations"]
+        decoded = verify_attestation(bytes.fromhex(attestation["message"]),
+                                     bytes.fromhex(attestation["signature"]),
+                                     bytes.fromhex(keys["attestation"]))  # fmt: skip
+        print(f"   attestation {attestation['sequence']}: {decoded.amount_sats} sat to "
+              f"{decoded.recipient} for {decoded.txid}:{decoded.vout}, signed by "
+              f"{attested['signers']}")  # fmt: skip
+        print(f"   message   {attestation['message'][:48]}…")
+        print(f"   signature {attestation['signature'][:48]}…")
+
+        step("a burn on the simulated Wire system, paid by a withdrawal from the custody key")
+        destination = bitcoind.call("getnewaddress")
+        burn = wire.burn(destination, 20_000_000, burn_id="demo-burn-1")
+        print(f"   burn {burn['record']['burn_id']}: 20000000 sat to {destination}, signed by "
+              "the burn authority")  # fmt: skip
+        until(lambda: all(any(b["burn_id"] == "demo-burn-1" for b in c.run("payouts")["burns"])
+                          for c in consoles))  # fmt: skip
+        print("   every node read it from the feed and verified it itself")
+        mark = time.perf_counter()
+        paid = consoles[0].run("test-burn")
+        timings["withdrawal_ms"] = round((time.perf_counter() - mark) * 1e3, 2)
+        (withdrawal,) = paid["withdrawals"]
+        print(f"   withdrawal {withdrawal['withdrawal']}: transaction {withdrawal['txid']} "
+              f"({withdrawal['payouts']} payout, fee {withdrawal['fee']} sat) signed by "
+              f"{withdrawal['signers']} and {withdrawal['state']}")  # fmt: skip
+        tip = mine(bitcoind, 6)
+        wait_for_view(consoles, tip)
+        until(lambda: confirmed_everywhere(consoles, withdrawal["withdrawal"]))
+        until(lambda: wire.paid_reports)
+        print(f"   confirmed six times on every node; the Wire system was told: "
+              f"{wire.paid_reports[0]}")  # fmt: skip
+        withdrawal_summary = {
+            "burn": burn,
+            "burn_authority_key": wire.authority_key.hex(),
+            "txid": withdrawal["txid"],
+            "transaction": withdrawal["transaction"],
+            "spent": spent_outputs(bitcoind, withdrawal["transaction"]),
+            "confirmations": int(bitcoind.call("getrawtransaction", withdrawal["txid"], 1)
+                                 ["confirmations"]),
+            "paid_report": wire.paid_reports[0],
+        }  # fmt: skip
+
+        step("fee consolidation: three fee outputs at the reservoir swept to one address")
+        reservoir = consoles[0].run("fee-reservoir")["address"]
+        for amount in ("0.0001", "0.0002", "0.0003"):
+            bitcoind.call("sendtoaddress", reservoir, amount)
+        tip = mine(bitcoind, 6)
+        wait_for_view(consoles, tip)
+        sweep_to = bitcoind.call("getnewaddress")
+        consoles[1].run("test-consolidate-fees", "--address", sweep_to, "--approve-only")
+        swept = consoles[0].run("test-consolidate-fees", "--address", sweep_to)
+        print(f"   reservoir {reservoir}: 60000 sat in 3 outputs -> {sweep_to} in "
+              f"{swept['txid']} (fee {swept['fee']} sat), {swept['state']}; node 2's operator "
+              "approved the address")  # fmt: skip
+        tip = mine(bitcoind, 6)
+        wait_for_view(consoles, tip)
+        until(lambda: confirmed_everywhere(consoles[:2], swept["withdrawal"]))
+        print(
+            "   confirmed six times on nodes 1 and 2 (node 3's operator approved no address, "
+            "so node 3 declined it)"
+        )
+        consolidation_summary = {
+            "reservoir": reservoir,
+            "destination": sweep_to,
+            "txid": swept["txid"],
+            "transaction": swept["transaction"],
+            "spent": spent_outputs(bitcoind, swept["transaction"]),
+        }
     finally:
         cluster.close()
         bitcoind.stop()
+        wire.stop()
     print("\nall nodes stopped")
     summary = {
-        "demo": "local 2-of-3 cluster: DKG, test signing, a confirmed deposit",
+        "demo": "local 2-of-3 cluster: DKG, test signing, deposit and mint attestation, burn "
+        "and withdrawal, fee consolidation",
         "group_keys": keys,
         "same_keys_on_every_node": same,
         "test_message": MESSAGE,
@@ -232,6 +351,9 @@ def main() -> int:
         "signatures": {"attestation": signed["signatures"][0], "custody": signed["signatures"][1]},
         "verified": checks,
         "deposit": deposit,
+        "attestation": {"message": attestation["message"], "signature": attestation["signature"]},
+        "withdrawal": withdrawal_summary,
+        "consolidation": consolidation_summary,
         "timings": timings,
     }
     print("\nSummary (JSON):")
