@@ -42,6 +42,31 @@ def test_a_good_configuration() -> None:
     assert [p.node_id for p in config.peers] == ["node-1", "node-3"]
     assert config.round_timeout == 10.0
     assert config.max_message_bytes == 4 << 20
+    assert (config.policy.approvals_required, config.policy.max_batch) == (2, 100)
+    assert (config.fee_reservoir.consolidation_threshold, config.fee_reservoir.min_fee_amount) == (
+        10,
+        1000,
+    )
+    assert config.wire.burn_feed_url is None
+
+
+def test_payout_settings() -> None:
+    document = sample()
+    document["wire"] = {
+        "burn_feed_url": "https://wire.example/feed",
+        "burn_authority_key": "ab" * 32,
+        "proof_verifier": ["/usr/bin/wire-proof", "--strict"],
+        "paid_report_url": "https://wire.example/paid",
+    }
+    document["policy"] = {"max_withdrawal_sats": 50_000_000, "approvals_required": 3}
+    config = parse_config(document)
+    assert config.wire.burn_authority_key == bytes.fromhex("ab" * 32)
+    assert config.wire.proof_verifier == ("/usr/bin/wire-proof", "--strict")
+    assert (config.policy.max_withdrawal_sats, config.policy.approvals_required) == (
+        50_000_000,
+        3,
+    )
+    assert config.policy.daily_outflow_sats == 5_000_000_000  # the default
 
 
 @pytest.mark.parametrize(
@@ -69,6 +94,23 @@ def test_a_good_configuration() -> None:
         (lambda c: c.update(node_id="node-9"), "node_id: 'node-9' is not one of the parties"),
         (lambda c: c["paths"].update(data_dir="relative/dir"), "paths.data_dir"),
         (lambda c: c["hsm"].update(pin="1234"), "hsm.pin: unknown field"),
+        (lambda c: c.update(policy={"max_batch": 0}), "policy.max_batch"),
+        (lambda c: c.update(policy={"cap": 1}), "policy.cap: unknown field"),
+        (lambda c: c.update(policy={"approvals_required": 4}), "approvals_required: 4 exceeds"),
+        (
+            lambda c: c.update(policy={"max_withdrawal_sats": 10**10}),
+            "max_withdrawal_sats: must not exceed daily_outflow_sats",
+        ),
+        (
+            lambda c: c.update(wire={"burn_feed_url": "http://wire.example/feed"}),
+            "wire.burn_authority_key: required",
+        ),
+        (lambda c: c.update(wire={"paid_report_url": "ftp://x"}), "wire.paid_report_url"),
+        (lambda c: c.update(wire={"proof_verifier": ["verify"]}), "wire.proof_verifier"),
+        (
+            lambda c: c.update(fee_reservoir={"consolidation_address": "bcrt1qnotanaddress"}),
+            "fee_reservoir.consolidation_address",
+        ),
     ],
 )
 def test_errors_name_the_field(change, field: str) -> None:
