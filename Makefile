@@ -36,6 +36,7 @@ bench: venv
 	tools/with-journald $(PY) bench/ceremony.py --output bench/results/ceremony.json
 	$(PY) bench/chain.py --output bench/results/chain.json
 	tools/with-journald $(PY) bench/control_api.py --output bench/results/api.json
+	tools/with-journald $(PY) bench/workflows.py --output bench/results/workflows.json
 
 # Re-resolve the locks after editing pyproject.toml (needs the network).
 lock: venv

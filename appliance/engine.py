@@ -14,7 +14,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,43 @@ PENDING_PER_CEREMONY = 256
 PENDING_CEREMONIES = 16
 
 
+class Coalesced:
+    """Background work run at most once at a time: asked for while it runs, it runs once
+    more when it ends (so no chain change is missed); work answering False is retried
+    after a second, a few times."""
+
+    RETRIES = 3
+
+    def __init__(
+        self, work: Callable[[], Awaitable[bool]], tasks: set[asyncio.Task[Any]], name: str
+    ) -> None:
+        self.work = work
+        self.tasks = tasks
+        self.name = name
+        self.again = False
+        self.task: asyncio.Task[None] | None = None
+
+    def kick(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.again = True
+            return
+        self.task = asyncio.create_task(self._run(), name=self.name)
+        self.tasks.add(self.task)
+        self.task.add_done_callback(self.tasks.discard)
+
+    async def _run(self) -> None:
+        retries = 0
+        while True:
+            self.again = False
+            done = await self.work()
+            if not done and retries < self.RETRIES:
+                retries += 1
+                await asyncio.sleep(1.0)
+                continue
+            if not self.again:
+                return
+
+
 class Engine:
     def __init__(
         self,
@@ -107,7 +144,6 @@ class Engine:
             if config.bitcoin is not None
             else None
         )
-        self._attesting: asyncio.Task[Any] | None = None
         if config.api is not None:  # the API's workers write their metrics here
             config.api.metrics_dir.mkdir(mode=0o770, parents=True, exist_ok=True)
         self.metrics = EngineMetrics(
@@ -121,13 +157,14 @@ class Engine:
             WITHDRAWAL: lambda _node, request: check_payout(self.payouts, request),
             CONSOLIDATION: lambda _node, request: check_payout(self.payouts, request),
         }
-        self._paying: asyncio.Task[Any] | None = None
         self.ceremonies: dict[str, Ceremony] = {}
         self.finished: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.pending: dict[str, list[Envelope]] = {}
         self.pending_since: dict[str, float] = {}
         self.started = time.time()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._attesting = Coalesced(self._auto_attest, self._tasks, "auto-attest")
+        self._paying = Coalesced(self._pay, self._tasks, "payouts")
         self._refusals: dict[tuple[str, str], tuple[float, int]] = {}
         self._stop_metrics: Callable[[], None] | None = None
 
@@ -612,48 +649,40 @@ class Engine:
         return self.config.me.identifier == min(alive)
 
     def _chain_changed(self, change: Any) -> None:
-        if self._paying is None or self._paying.done():
-            self._paying = self._spawn(self._pay(), "payouts")
-        if not self.config.wire.auto_attest or not self.is_lead():
-            return
-        if self._attesting is not None and not self._attesting.done():
-            return
-        self._attesting = asyncio.create_task(self._auto_attest(), name="auto-attest")
-        self._tasks.add(self._attesting)
-        self._attesting.add_done_callback(self._tasks.discard)
+        self._paying.kick()
+        if self.config.wire.auto_attest and self.is_lead():
+            self._attesting.kick()
 
-    def _spawn(self, work: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.create_task(work, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _pay(self) -> None:
+    async def _pay(self) -> bool:
         try:
             await self.payouts.on_chain_change()
         except CommandError as exc:
             log.info("payouts not run: %s", exc)
         except Exception:
             log.exception("payouts crashed")
+        return True
 
     async def _poll_burns(self) -> None:
         """Every node reads the burn feed; the lead also pays, when it pays by itself."""
         while True:
             await asyncio.sleep(self.config.wire.feed_poll_seconds)
-            if self._paying is None or self._paying.done():
-                self._paying = self._spawn(self._pay(), "payouts")
+            self._paying.kick()
 
-    async def _auto_attest(self) -> None:
+    async def _auto_attest(self) -> bool:
+        """One automatic attestation; False when it should be tried again shortly (the
+        signers' views may not have reached the block yet)."""
         try:
             if self.store.active_key("attestation") is None or self.signing_blocked():
-                return  # the next change of the chain tries again
+                return True  # the next change of the chain tries again
             result = await self.attest(self.config.node_id)
             if result["state"] not in ("completed", "nothing-to-attest"):
                 log.warning("automatic attestation failed: %s", result.get("reason"))
+                return False
         except CommandError as exc:
             log.info("automatic attestation not run: %s", exc)
         except Exception:
             log.exception("automatic attestation crashed")
+        return True
 
     async def _push_attestations(self, url: str) -> None:
         """Deliver signed attestations to the Wire system, in sequence order, retrying each
@@ -902,7 +931,8 @@ class Engine:
             )
             self._tasks.add(push)
         if self.config.wire.burn_feed_url is not None:
-            self._spawn(self._poll_burns(), "burn-feed")
+            poll = asyncio.create_task(self._poll_burns(), name="burn-feed")
+            self._tasks.add(poll)
         self.audit("engine.started", "success", f"engine of {self.config.node_id} started")
 
     async def stop(self) -> None:

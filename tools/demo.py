@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from appliance.wire.attestation import verify as verify_attestation
 from tests.regtest.harness import RegtestProcess
 from tests.wire.simulator import WireSimulator
-from tools.devcluster import REPO, DevCluster, DevNode
+from tools.devcluster import REPO, DevCluster, DevNode, wait_until
 
 MESSAGE = "wire-mpc demo: the cluster is ready"
 
@@ -129,17 +129,6 @@ def wait_for_view(consoles: list[Console], height: int, within: float = 30.0) ->
         if time.monotonic() > deadline:
             return views
         time.sleep(0.2)
-
-
-def until(check: Any, within: float = 60.0) -> Any:
-    """`check()` once it is truthy (bounded wait)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise RuntimeError(f"not reached within {within} s")
 
 
 def mine(bitcoind: RegtestProcess, blocks: int) -> int:
@@ -283,7 +272,7 @@ def main() -> int:
         burn = wire.burn(destination, 20_000_000, burn_id="demo-burn-1")
         print(f"   burn {burn['record']['burn_id']}: 20000000 sat to {destination}, signed by "
               "the burn authority")  # fmt: skip
-        until(lambda: all(any(b["burn_id"] == "demo-burn-1" for b in c.run("payouts")["burns"])
+        wait_until(lambda: all(any(b["burn_id"] == "demo-burn-1" for b in c.run("payouts")["burns"])
                           for c in consoles))  # fmt: skip
         print("   every node read it from the feed and verified it itself")
         mark = time.perf_counter()
@@ -295,8 +284,8 @@ def main() -> int:
               f"{withdrawal['signers']} and {withdrawal['state']}")  # fmt: skip
         tip = mine(bitcoind, 6)
         wait_for_view(consoles, tip)
-        until(lambda: confirmed_everywhere(consoles, withdrawal["withdrawal"]))
-        until(lambda: wire.paid_reports)
+        wait_until(lambda: confirmed_everywhere(consoles, withdrawal["withdrawal"]))
+        wait_until(lambda: wire.paid_reports)
         print(f"   confirmed six times on every node; the Wire system was told: "
               f"{wire.paid_reports[0]}")  # fmt: skip
         withdrawal_summary = {
@@ -324,7 +313,7 @@ def main() -> int:
               "approved the address")  # fmt: skip
         tip = mine(bitcoind, 6)
         wait_for_view(consoles, tip)
-        until(lambda: confirmed_everywhere(consoles[:2], swept["withdrawal"]))
+        wait_until(lambda: confirmed_everywhere(consoles[:2], swept["withdrawal"]))
         print(
             "   confirmed six times on nodes 1 and 2 (node 3's operator approved no address, "
             "so node 3 declined it)"

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,19 @@ from appliance.control import EngineClient, EngineError
 from hsm.config import SOFTHSM_MODULE
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_until(
+    check: Callable[[], Any], within: float = 30.0, what: str = "", pause: float = 0.05
+) -> Any:
+    """`check()`'s first truthy answer, asked every `pause` seconds for at most `within`."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(pause)
+    raise TimeoutError(f"not reached within {within} s: {what}")
 
 
 def free_ports(count: int) -> list[int]:

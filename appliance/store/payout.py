@@ -95,16 +95,15 @@ class PayoutRecords:
         rows = self._burns(self.db.execute(f"{_BURN} WHERE burn_id = ?", (burn_id,)))
         return rows[0] if rows else None
 
-    def burns(self, state: str | None = None, limit: int = 1000) -> list[BurnRow]:
-        if state is None:
-            return self._burns(
-                self.db.execute(f"{_BURN} ORDER BY received_at, burn_id LIMIT ?", (limit,))
-            )
-        return self._burns(
-            self.db.execute(
-                f"{_BURN} WHERE state = ? ORDER BY received_at, burn_id LIMIT ?", (state, limit)
-            )
-        )
+    def burns(
+        self, state: str | None = None, limit: int = 1000, newest_first: bool = False
+    ) -> list[BurnRow]:
+        order = "DESC" if newest_first else ""
+        where, parameters = ("WHERE state = ?", (state,)) if state is not None else ("", ())
+        return self._burns(self.db.execute(
+            f"{_BURN} {where} ORDER BY received_at {order}, burn_id {order} LIMIT ?",
+            (*parameters, limit),
+        ))  # fmt: skip
 
     def unreported(self) -> list[BurnRow]:
         return self._burns(

@@ -773,7 +773,7 @@ class Payouts:
                 "reported": b.reported,
                 "approvals": sorted(self.records.approvals(b.burn_id)),
             }
-            for b in self.records.burns(limit=limit)
+            for b in self.records.burns(limit=limit, newest_first=True)
         ]
         return {"burns": burns, "withdrawals": withdrawals, "policy": self.policy.to_json()}
 

@@ -21,7 +21,7 @@ from appliance.mesh.envelope import open_envelope
 from tests.cluster.test_bitcoin import bitcoin_states, bitcoind, section
 from tests.regtest.harness import RegtestProcess
 from tests.wire.simulator import WireSimulator
-from tools.devcluster import DevCluster, DevNode
+from tools.devcluster import DevCluster, DevNode, wait_until
 
 from .conftest import run_dkg
 from .test_mint import views_at
@@ -35,16 +35,6 @@ BTC = 100_000_000
 def wire() -> Iterator[WireSimulator]:
     with WireSimulator() as simulator:
         yield simulator
-
-
-def wait_until(check: Callable[[], Any], within: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"not reached within {within} s: {what}")
 
 
 def funded_cluster(
