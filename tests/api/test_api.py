@@ -18,6 +18,7 @@ import pytest
 
 from api.routes import ROUTES, Route
 from tests.api.conftest import Http, Operator, enroll, log_in
+from tests.cluster.conftest import Journal
 from tools.devcluster import DevCluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,6 +121,28 @@ def test_every_route_and_role(http: Http, team) -> None:
         status, answer = http.call(route.method, concrete(route.path), minimal_body(route))
         assert (status, answer["error"]["code"]) == (401, "unauthenticated"), route.path
     assert checked == 3 * len([r for r in ROUTES if not r.public and r.path != "/v1/session"])
+
+
+def test_a_policy_change_is_an_audited_admin_action(http: Http, team) -> None:
+    admin, operator = team["admin"], team["operator"]
+    change = {"max_withdrawal_sats": 40_000_000, "approvals_required": 3}
+    status, answer = http.call("PUT", "/v1/policy", change, token=operator.token,
+                               totp=operator.code())  # fmt: skip
+    assert (status, answer["error"]["code"]) == (403, "forbidden")
+    status, answer = http.call("PUT", "/v1/policy", change, token=admin.token)
+    assert (status, answer["error"]["code"]) == (403, "step-up-required")
+    status, answer = http.call("PUT", "/v1/policy", {"approvals_required": 9},
+                               token=admin.token, totp=admin.code())  # fmt: skip
+    assert (status, answer["error"]["code"]) == (400, "bad-request")  # 9 of 3 parties
+    status, answer = http.call("PUT", "/v1/policy", change, token=admin.token,
+                               totp=admin.code())  # fmt: skip
+    assert status == 200, answer
+    status, policy = http.call("GET", "/v1/policy", token=team["auditor"].token)
+    assert (policy["max_withdrawal_sats"], policy["approvals_required"]) == (40_000_000, 3)
+    records = Journal().wait_for(WIRE_EVENT="policy.changed")
+    assert records, "no policy.changed audit record"
+    assert "max_withdrawal_sats 1000000000 -> 40000000" in records[-1]["MESSAGE"]
+    assert records[-1]["WIRE_ACTOR"] == admin.username
 
 
 def test_sensitive_calls_need_a_fresh_totp_code(http: Http, team) -> None:
