@@ -13,7 +13,6 @@ import argparse
 import base64
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -39,6 +38,7 @@ from appliance.frost import (
     sign,
     trusted_dealer_keygen,
 )
+from bench.machine import machine
 
 CONFIGS = [(2, 3), (3, 5), (67, 100)]
 MESSAGE = bytes(range(32))
@@ -196,22 +196,9 @@ def single_bip340_ms() -> float:
 # --- report ---------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, object]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def machine_and_packages() -> dict[str, object]:
     versions = {p: metadata.version(p) for p in ("pynacl", "coincurve", "frost_rs")}
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "packages": versions,
-    }
+    return {**machine(), "packages": versions}
 
 
 def main() -> None:
@@ -295,7 +282,7 @@ def main() -> None:
             "fails (RFC 9591 §5.3). frost_rs: its API passes base64 strings, so its timings "
             "include deserialising the key, nonce and public key packages as well."
         ),
-        "machine": machine(),
+        "machine": machine_and_packages(),
         "floors": {k: round(v, 4) for k, v in floors.items()},
         "whole_2of3_signing_ms": {k: round(v, 4) for k, v in whole.items()},
         "whole_2of3_signing_over_single_key": {k: round(v, 2) for k, v in whole_ratio.items()},

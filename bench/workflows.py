@@ -34,8 +34,6 @@ import argparse
 import concurrent.futures
 import json
 import math
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -44,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.machine import machine
 from tests.regtest.harness import RegtestProcess
 from tests.wire.simulator import WireSimulator
 from tools.devcluster import DevCluster, wait_until
@@ -299,18 +298,6 @@ def burns_to_withdrawal(
             "transaction checked in the regtest node's mempool"
         ),
     }
-
-
-def machine() -> dict[str, object]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def main() -> None:

@@ -56,10 +56,10 @@ from .withdrawal import (
     Proposal,
     approval_message,
     check_payout,
+    first_proposal,
     payout_request,
     rebuild,
     valid_approvers,
-    withdrawal_id,
 )
 
 if TYPE_CHECKING:
@@ -240,22 +240,29 @@ class Payouts:
         return row is not None and row.entry == item
 
     # -- what the policy asks (PayoutNode) ----------------------------------------------------
+    def _unspent(self, kinds: Sequence[str]) -> dict[tuple[str, int], tuple[Spendable, int]]:
+        """The custody key's unspent outputs of `kinds` in this node's view, each with its
+        confirmations."""
+        view = self._bitcoin().view
+        heights = {(o.txid, o.vout): o.height for o in view.unspent(kinds)}
+        return {
+            (s.txid, s.vout): (s, view.confirmations(heights[(s.txid, s.vout)]))
+            for s in view.spendables(kinds)
+        }
+
     def own_spendables(
         self, inputs: Sequence[tuple[str, int]], kinds: Sequence[str]
     ) -> list[Spendable]:
-        view = self._bitcoin().view
-        required = view.required_confirmations()
-        heights = {(o.txid, o.vout): o.height for o in view.unspent(kinds)}
-        mine = {(s.txid, s.vout): s for s in view.spendables(kinds)}
+        required = self._bitcoin().view.required_confirmations()
+        mine = self._unspent(kinds)
         spendables = []
         for outpoint in inputs:
-            spendable = mine.get(outpoint)
-            if spendable is None:
+            if outpoint not in mine:
                 raise SigningRefused(
                     f"input {outpoint[0]}:{outpoint[1]} is not an unspent "
                     f"{'/'.join(kinds)} output in this node's view"
                 )
-            confirmations = view.confirmations(heights[outpoint])
+            spendable, confirmations = mine[outpoint]
             if confirmations < required:
                 raise SigningRefused(
                     f"input {outpoint[0]}:{outpoint[1]} has {confirmations} of "
@@ -392,15 +399,13 @@ class Payouts:
         return math.ceil(rate * 1000)
 
     def _available(self, kinds: Sequence[str]) -> list[Spendable]:
-        view = self._bitcoin().view
-        required = view.required_confirmations()
+        """What a new proposal may spend: confirmed, and bound to no open withdrawal."""
+        required = self._bitcoin().view.required_confirmations()
         reserved = self.records.reserved()
-        heights = {(o.txid, o.vout): o.height for o in view.unspent(kinds)}
         return [
-            s
-            for s in view.spendables(kinds)
-            if (s.txid, s.vout) not in reserved
-            and view.confirmations(heights[(s.txid, s.vout)]) >= required
+            spendable
+            for outpoint, (spendable, confirmations) in self._unspent(kinds).items()
+            if outpoint not in reserved and confirmations >= required
         ]
 
     async def _propose_withdrawal(self) -> Proposal | None:
@@ -444,21 +449,8 @@ class Payouts:
                 "withdrawal.failed", "failure", f"no withdrawal for {len(chosen)} burns: {exc}"
             )
             return None
-        inputs = tuple(sorted((s.txid, s.vout) for s in plan.spent))
-        entries = tuple(r.entry for r, _ in sorted(chosen, key=lambda c: c[0].burn_id))
-        ids = [r.burn_id for r, _ in chosen]
-        return Proposal(
-            withdrawal_id(WITHDRAWAL, ids, inputs, None),
-            WITHDRAWAL,
-            0,
-            entries,
-            inputs,
-            None,
-            False,
-            msat,
-            plan.transaction.serialize(),
-            tuple(sorted(approvals)),
-        )
+        entries = [r.entry for r, _ in chosen]
+        return first_proposal(WITHDRAWAL, plan, msat, entries, approvals=approvals)
 
     async def _sign_and_send(self, proposal: Proposal, actor: str) -> dict[str, Any]:
         """Bind, sign, record, broadcast, record: each step durable before the next."""
@@ -586,19 +578,8 @@ class Payouts:
                 plan = build_sweep(eligible, script, msat / 1000)
             except WithdrawalError as exc:
                 raise CommandError("cannot-build", str(exc)) from exc
-            inputs = tuple(sorted((s.txid, s.vout) for s in plan.spent))
-            proposal = Proposal(
-                withdrawal_id(CONSOLIDATION, [], inputs, destination),
-                CONSOLIDATION,
-                0,
-                (),
-                inputs,
-                destination,
-                forced,
-                msat,
-                plan.transaction.serialize(),
-                (),
-            )
+            proposal = first_proposal(CONSOLIDATION, plan, msat, destination=destination,
+                                      forced=forced)  # fmt: skip
             return await self._sign_and_send(proposal, actor)
 
     # -- following --------------------------------------------------------------------------

@@ -46,6 +46,7 @@ __all__ = [
     "Proposal",
     "approval_message",
     "check_payout",
+    "first_proposal",
     "payout_request",
     "valid_approvers",
     "withdrawal_id",
@@ -152,6 +153,25 @@ def withdrawal_id(
     }
     prefix = "wd" if kind == WITHDRAWAL else "fc"
     return f"{prefix}-{hashlib.sha256(canonical(body)).hexdigest()[:24]}"
+
+
+def first_proposal(
+    kind: str,
+    plan: WithdrawalPlan,
+    fee_rate_msat_vb: int,
+    entries: Sequence[dict[str, Any]] = (),
+    destination: str | None = None,
+    forced: bool = False,
+    approvals: Sequence[tuple[str, int, bytes]] = (),
+) -> Proposal:
+    """Revision 0 of a withdrawal or consolidation built as `plan`, in canonical order."""
+    inputs = tuple(sorted((s.txid, s.vout) for s in plan.spent))
+    ordered = tuple(sorted(entries, key=lambda e: str(e["record"]["burn_id"])))
+    ids = [str(e["record"]["burn_id"]) for e in ordered]
+    return Proposal(
+        withdrawal_id(kind, ids, inputs, destination), kind, 0, ordered, inputs, destination,
+        forced, fee_rate_msat_vb, plan.transaction.serialize(), tuple(sorted(approvals)),
+    )  # fmt: skip
 
 
 def payout_request(proposal: Proposal, plan: WithdrawalPlan) -> SigningRequest:

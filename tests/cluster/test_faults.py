@@ -11,6 +11,7 @@ import pytest
 
 from appliance.control import EngineError
 from appliance.mesh.envelope import open_envelope
+from tools.devcluster import wait_until
 
 from .conftest import on_all, run_dkg
 
@@ -21,13 +22,8 @@ def approve(cluster, message: str, nodes) -> None:
 
 
 def wait_dead(node, within: float = 10.0) -> int:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        code = node.process.poll()
-        if code is not None:
-            return code
-        time.sleep(0.05)
-    raise AssertionError(f"{node.node_id} is still running")
+    wait_until(lambda: node.process.poll() is not None, within, f"{node.node_id} exits")
+    return int(node.process.poll())
 
 
 def test_kill_9_of_a_signer_during_signing(make_cluster) -> None:

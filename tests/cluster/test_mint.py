@@ -13,7 +13,7 @@ from appliance.control import EngineError
 from appliance.crashpoint import CRASH_EXIT
 from appliance.wire.attestation import verify
 from tests.cluster.test_bitcoin import bitcoin_states, bitcoind, section
-from tools.devcluster import DevCluster
+from tools.devcluster import DevCluster, wait_until
 
 from .conftest import run_dkg
 
@@ -21,13 +21,11 @@ __all__ = ["bitcoind"]  # the fixture, shared with test_bitcoin
 
 
 def views_at(cluster: DevCluster, height: int, nodes: list[int], within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        heights = [cluster[i].call("status")["bitcoin"]["view_height"] for i in nodes]
-        if heights == [height] * len(nodes):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"views did not reach {height}")
+    wait_until(
+        lambda: all(cluster[i].call("status")["bitcoin"]["view_height"] == height for i in nodes),
+        within,
+        f"views of nodes {nodes} at {height}",
+    )
 
 
 def test_deposits_are_attested_once_after_six_confirmations(make_cluster, bitcoind) -> None:
@@ -88,9 +86,7 @@ def test_the_lead_attests_by_itself_and_pushes_to_the_wire_system(make_cluster, 
             address = node.call("deposit-address", recipient="wire:bob")["address"]
         txid = bitcoind.call("sendtoaddress", address, "0.4")
         bitcoind.call("generatetoaddress", 6, bitcoind.call("getnewaddress"))
-        deadline = time.monotonic() + 30
-        while not wire.received_attestations and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: wire.received_attestations, 30, "the pushed attestation")
         (pushed,) = wire.received_attestations
         attestation = verify(bytes.fromhex(pushed["message"]), bytes.fromhex(pushed["signature"]),
                              group_key)  # fmt: skip
@@ -130,19 +126,18 @@ def test_a_crash_at_any_step_attests_each_deposit_exactly_once(
         coordinator.start()
         coordinator.wait_ready(time.monotonic() + 60)
         views_at(cluster, 107, [1])
-        deadline = time.monotonic() + 30
-        while not all(p["authenticated"] for p in coordinator.call("status")["peers"].values()):
-            assert time.monotonic() < deadline, "peers did not come back"
-            time.sleep(0.1)
+        wait_until(
+            lambda: all(p["authenticated"] for p in coordinator.call("status")["peers"].values()),
+            30,
+            "peers back",
+        )
         result = coordinator.call("test-attestation")
         assert result["state"] == "completed", result
         assert coordinator.call("test-attestation")["state"] == "nothing-to-attest"
         outbox = coordinator.call("attestations", after=-1)["attestations"]
         assert sorted(a["sequence"] for a in outbox) == [0, 1]
         assert {a["txid"] for a in outbox} == txids  # each deposit once, under one sequence
-        deadline = time.monotonic() + 30
-        while len(wire.received_attestations) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: len(wire.received_attestations) >= 2, 30, "both pushes")
         pushed = [(a["sequence"], a["txid"]) for a in wire.received_attestations]
         assert sorted(pushed) == sorted((a["sequence"], a["txid"]) for a in outbox)
         commitments_are_fresh(cluster)
