@@ -3,10 +3,14 @@
 
 VENV          := .venv
 PY            := $(VENV)/bin/python
-APT_PACKAGES  := softhsm2 systemd libsystemd-dev pkg-config python3-dev gcc
+APT_PACKAGES  := softhsm2 systemd libsystemd-dev pkg-config python3-dev gcc nftables
+# The appliance image (image/build, as root): mkosi and the tools that assemble and boot it.
+IMAGE_APT     := mkosi systemd-container debootstrap dracut squashfs-tools cryptsetup-bin \
+                 mtools xz-utils qemu-system-x86 qemu-utils curl
+PROFILE       ?= production
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: all demo test lint typecheck unit bench lock venv clean
+.PHONY: all demo test lint typecheck unit image image-tools image-test bench lock venv clean
 
 all: test
 
@@ -18,7 +22,7 @@ venv:
 demo: venv
 	tools/with-journald $(PY) tools/demo.py
 
-test: lint typecheck unit
+test: lint typecheck unit image-test
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -28,7 +32,22 @@ typecheck: venv
 	$(VENV)/bin/mypy appliance hsm api
 
 unit: venv
-	tools/with-journald $(PY) -m pytest
+	tools/with-journald $(PY) -m pytest --ignore=tests/image
+
+image-tools: venv
+	@tools/bootstrap $(VENV) requirements-dev.lock $(APT_PACKAGES) $(IMAGE_APT)
+
+# The disk image and the direct-boot artifacts in build/image/. The production profile
+# needs the pinned Bitcoin Core tarball (BITCOIN_TARBALL=path, or the network); PROFILE=test
+# builds without bitcoind (image/README.md).
+image: image-tools
+	image/build --profile $(PROFILE)
+
+# A test-profile image, built afresh, then checked: reproducibility (a second build), unit
+# sandboxing, and one VM booted under QEMU answering over its virtio-serial port.
+image-test: image-tools
+	image/build --profile test --no-xz --out build/image-test
+	WIRE_IMAGE=build/image-test $(PY) -m pytest -s -p no:cacheprovider tests/image
 
 bench: venv
 	$(PY) bench/frost.py --output bench/results/frost.json

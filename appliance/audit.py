@@ -232,6 +232,26 @@ EVENTS: Final[dict[str, AuditEvent]] = {
         journal.LOG_INFO,
         "a command reached the engine's control socket",
     ),
+    "node.provisioned": AuditEvent(
+        "e42d255a7f854be4b080270dac3985dd",
+        journal.LOG_NOTICE,
+        "boot: the HSM token and identity key were checked or created",
+    ),
+    "journal.sealing-started": AuditEvent(
+        "56ebd5c31f7b4be8bfa5e20e285ff72b",
+        journal.LOG_NOTICE,
+        "first boot: Forward Secure Sealing keys were made; the journal is sealed from now on",
+    ),
+    "journal.verification-key-fetched": AuditEvent(
+        "b7e20328fb224b35a17fdfe1789aafca",
+        journal.LOG_WARNING,
+        "an admin took the journal's sealing verification key (it leaves the node once)",
+    ),
+    "breakglass.opened": AuditEvent(
+        "3f55cb333d4245ada42ba99f2db6f14f",
+        journal.LOG_CRIT,
+        "the kernel command line asked for the break-glass console; a root console is open",
+    ),
 }
 
 

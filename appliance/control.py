@@ -97,7 +97,9 @@ class ControlServer:
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.unlink(missing_ok=True)
-        old_umask = os.umask(0o177)  # the socket is created 0600: owner only
+        # Owner only (0600); with allowed users (the API runs as its own user) 0660 to the
+        # engine's group, and every caller's uid is still checked against the allowed ones.
+        old_umask = os.umask(0o117 if len(self.allowed_uids) > 1 else 0o177)
         try:
             self._server = await asyncio.start_unix_server(
                 self._serve, path=str(self.path), limit=MAX_REQUEST

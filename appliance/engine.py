@@ -874,7 +874,7 @@ class Engine:
         for path, wanted in [
             (self.config.data_dir, 0o700),
             (self.vault.directory, 0o700),
-            (self.config.engine_socket, 0o600),
+            (self.config.engine_socket, 0o660 if self.config.engine_clients else 0o600),
         ]:
             try:
                 mode = path.stat().st_mode & 0o777

@@ -1,0 +1,109 @@
+"""The appliance's boot steps, run by its units (`python -m appliance.boot STEP`).
+
+- `provision` (wire-provision.service, as the engine's user, every boot; changes nothing
+  once done): the HSM token and identity key named by the node's configuration. The
+  identity public key goes to the console: operators copy it into the cluster's
+  configuration, and a node whose configured key differs is told so.
+- `seal-journal` (wire-journal-seal.service, as root, once): Forward Secure Sealing keys for
+  the journal. The verification key is kept in the engine's state directory until an admin
+  takes it (`mpc_operator audit-key`); it then leaves the node.
+- `breakglass` (wire-breakglass.service): the audit record of an opened break-glass
+  console, written before the console starts; if it cannot be written, no console.
+
+Exit status: 0 done, 1 failed (the reason is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import subprocess
+import sys
+from pathlib import Path
+
+from appliance.audit import AuditUnavailableError, audit
+from appliance.config import ConfigError, load_config
+from hsm.errors import HsmError
+from hsm.keystore import provision as provision_token
+
+VERIFICATION_KEY = "journal-verification-key"
+
+
+def provision(config_path: Path) -> int:
+    config = load_config(config_path)
+    report = provision_token(config.hsm)
+    key = report.identity_public_key.hex()
+    audit("node.provisioned", "success",
+          f"token {report.token_label}: created {', '.join(report.created) or 'nothing'}",
+          identity_key=key)  # fmt: skip
+    print(f"wire-mpc node {config.node_id}: identity public key {key}")
+    configured = config.me.identity_public_key.hex()
+    if configured != key:
+        print(f"wire-mpc node {config.node_id}: the configuration gives identity_public_key "
+              f"{configured} for this node; peers will refuse its messages until it is "
+              f"{key}", file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def seal_journal(state_dir: Path, owner: str) -> int:
+    machine_id = Path("/etc/machine-id").read_text().strip()
+    if any(Path("/var/log/journal").glob("*/fss")):
+        print("journal: sealing keys present")
+        return 0
+    Path("/var/log/journal", machine_id).mkdir(parents=True, exist_ok=True)
+    made = subprocess.run(["journalctl", "--setup-keys", "--interval=15min"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if made.returncode != 0:
+        print(f"journalctl --setup-keys failed: {made.stderr.strip()}", file=sys.stderr)
+        return 1
+    key = made.stdout.strip()
+    user = pwd.getpwnam(owner)
+    path = state_dir / VERIFICATION_KEY
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    os.chown(path, user.pw_uid, user.pw_gid)
+    subprocess.run(["journalctl", "--rotate"], check=True)
+    audit(
+        "journal.sealing-started",
+        "success",
+        "the journal is sealed; an admin must take the verification key off the node",
+    )
+    print("journal: sealing keys made; the verification key waits for an admin")
+    return 0
+
+
+def breakglass() -> int:
+    audit("breakglass.opened", "success",
+          "break-glass console opened on the serial console (wire.breakglass on the kernel "
+          "command line)")  # fmt: skip
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m appliance.boot",
+                                     description=__doc__.splitlines()[0])  # fmt: skip
+    steps = parser.add_subparsers(dest="step", required=True)
+    p = steps.add_parser("provision")
+    p.add_argument("--config", type=Path, required=True)
+    s = steps.add_parser("seal-journal")
+    s.add_argument("--state-dir", type=Path, default=Path("/var/lib/wire-mpc"))
+    s.add_argument("--owner", default="wire-mpc")
+    steps.add_parser("breakglass")
+    args = parser.parse_args(argv)
+    try:
+        if args.step == "provision":
+            return provision(args.config)
+        if args.step == "seal-journal":
+            return seal_journal(args.state_dir, args.owner)
+        return breakglass()
+    except (ConfigError, HsmError, AuditUnavailableError, OSError) as exc:
+        print(f"{args.step}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""One appliance VM under QEMU, booted the way an operator's server boots the image.
+
+- The image's disk, read-only (VMs share it), and the VM's own data disk (a sparse file; the
+  first boot partitions and formats it).
+- Direct kernel boot from the image's kernel, initrd and command line (dm-verity root).
+- Per-site configuration as SMBIOS type 11 credentials (`io.systemd.credential.binary:`).
+- The control API on the virtio-serial port `wire.api`: a Unix socket on the host. The port
+  is one byte stream, so one client at a time (see `api.serial_bridge`).
+- The serial console in `console.log` and a QMP socket, kept per VM.
+
+KVM guests hang on these machines, so `accelerator()` probes KVM with a short boot and
+falls back to TCG.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+READY_LINE = "bridging /dev/virtio-ports/wire.api"
+
+
+@dataclass(frozen=True)
+class Image:
+    """The artifacts of `image/build`."""
+
+    directory: Path
+
+    @property
+    def disk(self) -> Path:
+        return self.directory / "disk.raw"
+
+    @property
+    def kernel(self) -> Path:
+        return self.directory / "vmlinuz"
+
+    @property
+    def initrd(self) -> Path:
+        return self.directory / "initrd.img"
+
+    def cmdline(self) -> str:
+        return (self.directory / "cmdline").read_text().strip()
+
+    def missing(self) -> list[str]:
+        paths = (self.disk, self.kernel, self.initrd, self.directory / "cmdline")
+        return [str(p) for p in paths if not p.exists()]
+
+
+def accelerator() -> str:
+    """`kvm` if a KVM guest gets as far as printing on its serial port within 20 s, else
+    `tcg` (KVM guests hang on these machines)."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK) or os.environ.get("WIRE_QEMU_ACCEL"):
+        return os.environ.get("WIRE_QEMU_ACCEL", "tcg")
+    probe = subprocess.run(
+        ["timeout", "20", "qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "64",
+         "-nodefaults", "-nographic", "-serial", "stdio", "-kernel", "/dev/null"],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    return "kvm" if probe.returncode in (0, 1) and b"MSR" not in probe.stderr else "tcg"
+
+
+class UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(str(self.path))
+
+
+class VM:
+    def __init__(
+        self,
+        image: Image,
+        workdir: Path,
+        name: str,
+        credentials: dict[str, bytes],
+        *,
+        cmdline: str = "",
+        memory_mb: int = 1536,
+        cpus: int = 1,
+        netdevs: tuple[str, ...] = ("user,id=n0",),
+        data_disk_gb: int = 4,
+        accel: str = "tcg",
+    ) -> None:
+        self.image = image
+        self.dir = workdir / name
+        self.name = name
+        self.credentials = credentials
+        self.extra_cmdline = cmdline
+        self.memory_mb = memory_mb
+        self.cpus = cpus
+        self.netdevs = netdevs
+        self.data_disk_gb = data_disk_gb
+        self.accel = accel
+        self.uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"wire-mpc-vm:{workdir}:{name}"))
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+
+    @property
+    def api_socket(self) -> Path:
+        return self.dir / "api.sock"
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.dir / "qmp.sock"
+
+    @property
+    def console_log(self) -> Path:
+        return self.dir / "console.log"
+
+    @property
+    def data_disk(self) -> Path:
+        return self.dir / "data.raw"
+
+    def argv(self) -> list[str]:
+        argv = [
+            "qemu-system-x86_64", "-name", self.name, "-accel", self.accel,
+            "-cpu", "max" if self.accel == "tcg" else "host",
+            "-m", str(self.memory_mb), "-smp", str(self.cpus), "-uuid", self.uuid,
+            "-nodefaults", "-nographic", "-no-reboot",
+            "-serial", f"file:{self.console_log}",
+            "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
+            "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
+            "-append", f"{self.image.cmdline()} wire.data_disk=/dev/vdb {self.extra_cmdline}",
+            "-drive", f"file={self.image.disk},if=virtio,format=raw,readonly=on",
+            "-drive", f"file={self.data_disk},if=virtio,format=raw",
+            "-device", "virtio-serial-pci",
+            "-chardev", f"socket,id=api,path={self.api_socket},server=on,wait=off",
+            "-device", "virtserialport,chardev=api,name=wire.api",
+            "-device", "virtio-rng-pci",
+        ]  # fmt: skip
+        for i, netdev in enumerate(self.netdevs):
+            mac = f"52:54:00:{hash((self.name, i)) & 0xFF:02x}:00:{i:02x}"
+            argv += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=n{i},mac={mac}"]
+        for name, value in sorted(self.credentials.items()):
+            path = self.dir / f"credential-{name}"
+            encoded = base64.b64encode(value).decode()
+            path.write_text(f"io.systemd.credential.binary:{name}={encoded}")
+            path.chmod(0o600)
+            argv += ["-smbios", f"type=11,path={path}"]
+        return argv
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.data_disk.exists():
+            with self.data_disk.open("wb") as disk:
+                disk.truncate(self.data_disk_gb << 30)
+        for stale in (self.api_socket, self.qmp_socket):
+            stale.unlink(missing_ok=True)
+        log = (self.dir / "qemu.log").open("ab")
+        self.started_at = time.monotonic()
+        self.process = subprocess.Popen(
+            self.argv(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def console(self, lines: int = 40) -> str:
+        try:
+            text = self.console_log.read_text(errors="replace")
+        except OSError:
+            return "(no console output)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_for_console(self, needle: str, within: float) -> float | None:
+        """Seconds from power-on until the console shows `needle`, or None (bounded wait)."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            try:
+                if needle in self.console_log.read_text(errors="replace"):
+                    return time.monotonic() - self.started_at
+            except OSError:
+                pass
+            if not self.running():
+                return None
+            time.sleep(1)
+        return None
+
+    def request(self, method: str, path: str, body: Any = None, token: str | None = None,
+                timeout: float = 120.0) -> tuple[int, Any]:  # fmt: skip
+        """One HTTP request to the node's API through its virtio-serial port."""
+        connection = UnixHTTP(self.api_socket, timeout)
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        payload = None if body is None else json.dumps(body).encode()
+        try:
+            connection.request(method, path, body=payload, headers=headers)
+            response = connection.getresponse()
+            raw = response.read()
+        finally:
+            connection.close()
+        try:
+            return response.status, json.loads(raw) if raw else None
+        except ValueError:
+            return response.status, raw.decode(errors="replace")
+
+    def wait_for_api(self, within: float) -> float:
+        """Seconds from power-on until `GET /v1/health` answers 200 through the serial port;
+        raises with the console's tail if it does not within `within` seconds."""
+        deadline = self.started_at + within
+        if self.wait_for_console(READY_LINE, max(0.0, deadline - time.monotonic())) is None:
+            raise RuntimeError(f"{self.name}: the API's serial bridge did not start within "
+                               f"{within:.0f} s; console:\n{self.console()}")  # fmt: skip
+        last: Any = None
+        while time.monotonic() < deadline and self.running():
+            try:
+                status, last = self.request("GET", "/v1/health", timeout=30)
+                if status == 200:
+                    return time.monotonic() - self.started_at
+            except OSError as exc:
+                last = exc
+            time.sleep(2)
+        raise RuntimeError(f"{self.name}: API not ready within {within:.0f} s (last answer: "
+                           f"{last!r}); console:\n{self.console()}")  # fmt: skip
+
+    def qmp(self, command: str) -> None:
+        """One QMP command (e.g. `quit`: power off at once, no shutdown)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(self.qmp_socket))
+            reader = s.makefile("rb")
+            reader.readline()  # greeting
+            s.sendall(b'{"execute": "qmp_capabilities"}\n')
+            reader.readline()
+            s.sendall(json.dumps({"execute": command}).encode() + b"\n")
+            with contextlib.suppress(OSError):
+                reader.readline()
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.running():
+            try:
+                self.qmp("quit")
+            except OSError:
+                self.process.kill()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

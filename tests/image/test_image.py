@@ -1,0 +1,197 @@
+"""The appliance image (`make image-test`): built by image/build, checked here as operators
+will meet it.
+
+- the artifacts, their size, and the dm-verity root hash on the kernel command line;
+- reproducibility: a second build of the same commit gives the same disk, byte for byte,
+  and if not, the test names the partition and the files that differ;
+- the units' `systemd-analyze security` exposure (target: at most 2.0);
+- one VM boots it under QEMU, provisions itself from its SMBIOS credentials, and its API
+  answers `status` over the virtio-serial port, driven with `mpc_operator` as an operator
+  would.
+
+The image under test is `$WIRE_IMAGE` (the Makefile builds it); these tests run as root.
+Times and sizes are printed (run with -s) and written to `$WIRE_IMAGE/report.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pyotp
+import pytest
+
+from qemu.site import NodeSite, credentials, node_config
+from qemu.vm import VM, Image, accelerator
+
+REPO = Path(__file__).resolve().parents[2]
+EXPOSURE_TARGET = 2.0
+SIZE_TARGET_MB = 400
+
+
+@pytest.fixture(scope="module")
+def image() -> Image:
+    where = os.environ.get("WIRE_IMAGE")
+    if not where:
+        pytest.fail("WIRE_IMAGE is not set: run these tests with `make image-test`")
+    image = Image(Path(where))
+    if image.missing():
+        pytest.fail(f"the image is incomplete, missing: {', '.join(image.missing())}")
+    return image
+
+
+@pytest.fixture(scope="module")
+def report(image: Image) -> Any:
+    path = image.directory / "report.json"
+    data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    yield data
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def test_artifacts_and_size(image: Image, report: dict[str, Any]) -> None:
+    cmdline = image.cmdline()
+    roothash = re.search(r"\broothash=([0-9a-f]{64})\b", cmdline)
+    assert roothash, cmdline
+    assert "systemd.verity_root_options=panic-on-corruption" in cmdline
+    verified = subprocess.run(
+        ["veritysetup", "verify", str(image.directory / "root.squashfs"),
+         str(image.directory / "root.verity"), roothash.group(1)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stderr
+    disk_mb = image.disk.stat().st_size / 1e6
+    report["disk_mb"] = round(disk_mb, 1)
+    report["root_squashfs_mb"] = round((image.directory / "root.squashfs").stat().st_size / 1e6, 1)
+    print(f"\nimage: disk {disk_mb:.0f} MB (target <= {SIZE_TARGET_MB} MB), "
+          f"kernel {image.kernel.stat().st_size / 1e6:.0f} MB, "
+          f"initrd {image.initrd.stat().st_size / 1e6:.0f} MB")  # fmt: skip
+    assert disk_mb <= SIZE_TARGET_MB
+    manifest = json.loads((image.directory / "manifest.json").read_text())
+    assert manifest["profile"] in ("production", "test")
+    assert any(w["file"].startswith("wire_mpc-") for w in manifest["wheels"])
+
+
+def first_differences(left: Path, right: Path, limit: int = 20) -> list[str]:
+    done = subprocess.run(["diff", "-rq", "--no-dereference", str(left), str(right)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    return (done.stdout + done.stderr).splitlines()[:limit]
+
+
+@pytest.mark.timeout(1800)
+def test_reproducible(image: Image, report: dict[str, Any]) -> None:
+    again = image.directory.parent / (image.directory.name + "-again")
+    started = time.monotonic()
+    built = subprocess.run(
+        [str(REPO / "image" / "build"), "--profile",
+         json.loads((image.directory / "manifest.json").read_text())["profile"],
+         "--no-xz", "--out", str(again)],
+        capture_output=True, text=True, check=False, timeout=1800,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    report["second_build_seconds"] = round(time.monotonic() - started)
+    first, second = sha256(image.disk), sha256(again / "disk.raw")
+    print(f"\nreproducible: disk.raw {first} / {second} (second build "
+          f"{report['second_build_seconds']} s)")  # fmt: skip
+    if first == second:
+        return
+    parts = [name for name in ("root.squashfs", "root.verity", "vmlinuz", "initrd.img",
+                               "cmdline", "manifest.json")
+             if sha256(image.directory / name) != sha256(again / name)]  # fmt: skip
+    files = first_differences(image.directory / "tree", again / "tree")
+    pytest.fail(f"two builds of one commit differ: disk.raw; parts that differ: {parts}; "
+                f"files that differ in the root tree:\n" + "\n".join(files))  # fmt: skip
+
+
+def exposure(tree: Path, unit: str) -> float:
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", f"--root={tree}", "--no-pager", unit],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", done.stdout)
+    assert found, done.stdout + done.stderr
+    return float(found.group(1))
+
+
+def test_units_are_sandboxed(image: Image, report: dict[str, Any]) -> None:
+    tree = image.directory / "tree"
+    scores = {u: exposure(tree, f"{u}.service")
+              for u in ("wire-mpcd", "wire-api", "wire-api-serial", "wire-provision")}  # fmt: skip
+    report["systemd_analyze_security"] = scores
+    print(f"\nsystemd-analyze security: {scores}")
+    assert scores["wire-mpcd"] <= EXPOSURE_TARGET
+    assert scores["wire-api"] <= EXPOSURE_TARGET
+
+
+class Operator:
+    """`mpc_operator` on the host, talking to the VM's API through its virtio-serial socket."""
+
+    def __init__(self, vm: VM, home: Path) -> None:
+        self.vm = vm
+        self.home = home
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.secret = ""
+
+    def run(self, *args: str) -> Any:
+        command = [sys.executable, "-m", "api.mpc_operator", "--json",
+                   "--socket", str(self.vm.api_socket),
+                   "--session-file", str(self.home / "session.json"), *args]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                              check=False, cwd=REPO)  # fmt: skip
+        assert done.returncode == 0, f"mpc_operator {' '.join(args)}: {done.stderr.strip()}"
+        return json.loads(done.stdout)
+
+    def enrol_admin(self) -> None:
+        password = self.home / "password"
+        password.write_text("an admin of this appliance, for the test\n")
+        password.chmod(0o600)
+        answer = self.run("user", "create", "--username", "admin", "--role", "admin",
+                          "--password-file", str(password))  # fmt: skip
+        self.secret = parse_qs(urlsplit(answer["otpauth_uri"]).query)["secret"][0]
+        self.run("login", "--username", "admin", "--password-file", str(password),
+                 "--code", pyotp.TOTP(self.secret).now())  # fmt: skip
+
+
+@pytest.mark.timeout(1200)
+def test_boots_and_answers_status(image: Image, report: dict[str, Any], tmp_path: Path) -> None:
+    me = NodeSite("node-1", 1, "10.0.2.15")
+    other = NodeSite("node-2", 2, "10.0.2.16")
+    config = node_config("image-test", 2, me, [me, other])
+    accel = accelerator()
+    workdir = image.directory / "vms"
+    vm = VM(image, workdir, "node-1", credentials(me, config), cpus=2, accel=accel)
+    vm.remove()
+    vm.start()
+    try:
+        ready = vm.wait_for_api(within=900)
+        report["boot_to_api_ready_seconds"] = round(ready)
+        report["accelerator"] = accel
+        print(f"\nboot: power-on to API ready over virtio-serial in {ready:.0f} s ({accel})")
+        operator = Operator(vm, tmp_path / "operator")
+        operator.enrol_admin()
+        status = operator.run("status")
+        assert status["node_id"] == "node-1"
+        key = operator.run("key-info")["identity_public_key"]
+        console = vm.console_log.read_text(errors="replace")
+        assert f"wire-mpc node node-1: identity public key {key}" in console
+        checks = {c["check"]: c for c in operator.run("security-check")["items"]}
+        assert checks["journal sealing"]["passed"], checks["journal sealing"]
+        assert checks["hsm"]["passed"], checks["hsm"]
+    finally:
+        vm.stop()
+        print(f"console log: {vm.console_log}")
