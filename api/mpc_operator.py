@@ -293,6 +293,8 @@ def run(args: argparse.Namespace) -> Any:
     if command == "approve-burn":
         return client.request("POST", f"/v1/burns/{quote(args.burn_id)}/approve",
                               totp=_totp(args))  # fmt: skip
+    if command == "audit-key":
+        return client.request("POST", "/v1/audit/verification-key", {}, totp=_totp(args))
     if command == "policy":
         if not args.set:
             return client.request("GET", "/v1/policy")
@@ -417,6 +419,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--approve-only", action="store_true", help="approve the address only")
     s = sub.add_parser("approve-burn", help="approve paying a burn above the approval amount")
     s.add_argument("burn_id")
+    sub.add_parser(
+        "audit-key", help="take the journal's sealing verification key off the node (admin, once)"
+    )
     s = sub.add_parser("policy", help="show, or (admin) change, this node's signing policy")
     s.add_argument("--set", action="append", metavar="NAME=SATS", help="a field to change")
     s = sub.add_parser("backup", help="backup key-share")

@@ -6,7 +6,7 @@
   configuration, and a node whose configured key differs is told so.
 - `seal-journal` (wire-journal-seal.service, as root, once): Forward Secure Sealing keys for
   the journal. The verification key is kept in the engine's state directory until an admin
-  takes it (`mpc_operator audit-key`); it then leaves the node.
+  takes it (`mpc_operator audit-key`, `take_verification_key`); it then leaves the node.
 - `breakglass` (wire-breakglass.service): the audit record of an opened break-glass
   console, written before the console starts; if it cannot be written, no console.
 
@@ -24,6 +24,7 @@ from pathlib import Path
 
 from appliance.audit import AuditUnavailableError, audit
 from appliance.config import ConfigError, load_config
+from appliance.errors import CommandError
 from hsm.errors import HsmError
 from hsm.keystore import provision as provision_token
 
@@ -74,6 +75,24 @@ def seal_journal(state_dir: Path, owner: str) -> int:
     )
     print("journal: sealing keys made; the verification key waits for an admin")
     return 0
+
+
+def take_verification_key(state_dir: Path) -> str:
+    """The journal's sealing verification key, once: the file is overwritten and removed
+    as it is read (it lets its holder verify the journal, and must not stay on the node)."""
+    path = state_dir / VERIFICATION_KEY
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
+        raise CommandError("already-taken", "the journal's verification key is not on this "
+                           "node: an admin took it already, or the journal is not sealed "
+                           "(wire-journal-seal.service)") from None  # fmt: skip
+    with path.open("r+b") as f:
+        f.write(b"\0" * len(key))
+        f.flush()
+        os.fsync(f.fileno())
+    path.unlink()
+    return key
 
 
 def breakglass() -> int:

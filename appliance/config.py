@@ -308,7 +308,7 @@ def parse_config(document: Any) -> NodeConfig:
     policy = parse_policy(top.section("policy", {}), Policy())
     reservoir = _fee_reservoir(top.section("fee_reservoir", {}))
     metrics = top.section("metrics", {})
-    metrics_listen = metrics.take("listen", _metrics_address, "127.0.0.1:9101")
+    metrics_listen = metrics.take("listen", _metrics_address, ("127.0.0.1", 9101))
     metrics.done()
     top.done()
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.audit import AuditUnavailableError, audit
+from appliance.boot import take_verification_key
 
 from .engine import CommandError, Engine
 
@@ -45,6 +46,7 @@ STATE_CHANGING = {
     "test-consolidate-fees",
     "approve-burn",
     "set-policy",
+    "audit-key",
 }
 
 
@@ -92,6 +94,7 @@ class ControlServer:
             "payouts": self._payouts,
             "fee-reservoir": self._fee_reservoir,
             "set-policy": self._set_policy,
+            "audit-key": self._audit_key,
         }
 
     async def start(self) -> None:
@@ -307,6 +310,15 @@ class ControlServer:
         if not isinstance(changes, dict):
             raise ValueError("policy must be an object of the fields to change")
         return self.engine.payouts.set_policy(changes, actor)
+
+    async def _audit_key(self, params: dict[str, Any], actor: str) -> Any:
+        key = take_verification_key(self.engine.config.data_dir)
+        self.engine.audit("journal.verification-key-fetched", "success",
+                          f"the journal's verification key was taken off the node by {actor}",
+                          actor=actor)  # fmt: skip
+        return {"verification_key": key,
+                "note": "kept nowhere on the node now: store it offline; "
+                        "journalctl --verify --verify-key=KEY checks the seals"}  # fmt: skip
 
     async def _ceremony(self, params: dict[str, Any], actor: str) -> Any:
         return self.engine.ceremony_info(str(params["ceremony_id"]))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.audit import JOURNAL_SOCKET, AuditUnavailableError, audit
+from appliance.boot import VERIFICATION_KEY
 from appliance.ceremony.base import BRIDGE_KEYS, Ceremony, MalformedPayload
 from appliance.ceremony.dkg import DkgCeremony
 from appliance.ceremony.refresh import RefreshCeremony
@@ -907,6 +908,10 @@ class Engine:
         fss = "Forward Secure Sealing keys present"
         no_fss = "no FSS key in /var/log/journal (the image runs journalctl --setup-keys)"
         item("journal sealing", sealed, fss if sealed else no_fss)
+        waiting = (self.config.data_dir / VERIFICATION_KEY).exists()
+        item("journal verification key", not waiting,
+             "still on the node: an admin must take it off (mpc_operator audit-key)"
+             if waiting else "not on the node")  # fmt: skip
         return items
 
     # -- life --------------------------------------------------------------------------------

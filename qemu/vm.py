@@ -127,6 +127,10 @@ class VM:
         return self.dir / "data.raw"
 
     def argv(self) -> list[str]:
+        # WIRE_QEMU_JOURNAL_TO_CONSOLE=1: the whole journal on the console log, for debugging.
+        debug = ["systemd.journald.forward_to_console=1"] * bool(
+            os.environ.get("WIRE_QEMU_JOURNAL_TO_CONSOLE")
+        )
         argv = [
             "qemu-system-x86_64", "-name", self.name, "-accel", self.accel,
             "-cpu", "max" if self.accel == "tcg" else "host",
@@ -135,7 +139,8 @@ class VM:
             "-serial", f"file:{self.console_log}",
             "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
             "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-            "-append", f"{self.image.cmdline()} wire.data_disk=/dev/vdb {self.extra_cmdline}",
+            "-append", " ".join([self.image.cmdline(), "wire.data_disk=/dev/vdb",
+                                 self.extra_cmdline, *debug]),
             "-drive", f"file={self.image.disk},if=virtio,format=raw,readonly=on",
             "-drive", f"file={self.data_disk},if=virtio,format=raw",
             "-device", "virtio-serial-pci",
@@ -215,8 +220,9 @@ class VM:
             return response.status, raw.decode(errors="replace")
 
     def wait_for_api(self, within: float) -> float:
-        """Seconds from power-on until `GET /v1/health` answers 200 through the serial port;
-        raises with the console's tail if it does not within `within` seconds."""
+        """Seconds from power-on until `GET /v1/health` answers through the serial port that
+        the API reaches the engine; raises with the console's tail if it does not within
+        `within` seconds."""
         deadline = self.started_at + within
         if self.wait_for_console(READY_LINE, max(0.0, deadline - time.monotonic())) is None:
             raise RuntimeError(f"{self.name}: the API's serial bridge did not start within "
@@ -225,7 +231,7 @@ class VM:
         while time.monotonic() < deadline and self.running():
             try:
                 status, last = self.request("GET", "/v1/health", timeout=30)
-                if status == 200:
+                if status == 200 and isinstance(last, dict) and last.get("engine"):
                     return time.monotonic() - self.started_at
             except OSError as exc:
                 last = exc

@@ -48,6 +48,7 @@ def test_a_good_configuration() -> None:
         1000,
     )
     assert config.wire.burn_feed_url is None
+    assert config.metrics_listen == ("127.0.0.1", 9101)  # the default, parsed like a given one
 
 
 def test_payout_settings() -> None:
