@@ -7,6 +7,9 @@
 - `seal-journal` (wire-journal-seal.service, as root, once): Forward Secure Sealing keys for
   the journal. The verification key is kept in the engine's state directory until an admin
   takes it (`mpc_operator audit-key`, `take_verification_key`); it then leaves the node.
+- `bitcoind` (bitcoind.service, production image): runs Bitcoin Core for the configured
+  network with RPC and ZMQ on loopback, its RPC password taken from the credential as an
+  `rpcauth` hash (the password itself is never on a command line).
 - `breakglass` (wire-breakglass.service): the audit record of an opened break-glass
   console, written before the console starts; if it cannot be written, no console.
 
@@ -16,15 +19,20 @@ Exit status: 0 done, 1 failed (the reason is printed).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
 import os
 import pwd
+import secrets
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from appliance.audit import AuditUnavailableError, audit
-from appliance.config import ConfigError, load_config
+from appliance.config import ConfigError, NodeConfig, load_config
 from appliance.errors import CommandError
+from hsm.config import read_secret
 from hsm.errors import HsmError
 from hsm.keystore import provision as provision_token
 
@@ -95,6 +103,37 @@ def take_verification_key(state_dir: Path) -> str:
     return key
 
 
+CHAINS = {"mainnet": "main", "testnet": "test", "signet": "signet", "regtest": "regtest"}
+
+
+def bitcoind_argv(config: NodeConfig, datadir: Path, salt: str) -> list[str]:
+    """Bitcoin Core's command line for this node (pure: the salt is given)."""
+    chain = config.bitcoin
+    if chain is None or chain.rpc_user is None:
+        raise ConfigError("bitcoind: the image's bitcoind needs bitcoind.rpc_user (its password "
+                          "is the credential bitcoind-rpc-password)")  # fmt: skip
+    password = read_secret(chain.rpc_password)
+    digest = hmac.new(salt.encode(), password.encode(), hashlib.sha256).hexdigest()
+    url = urlsplit(chain.rpc_url)
+    zmq = urlsplit(chain.zmq_block)
+    for name, host in (("rpc_url", url.hostname), ("zmq_block", zmq.hostname)):
+        if host not in ("127.0.0.1", "localhost"):
+            raise ConfigError(f"bitcoind.{name}: the image's bitcoind listens on loopback only, "
+                              f"not on {host}")  # fmt: skip
+    return [
+        "/usr/bin/bitcoind", f"-datadir={datadir}", f"-chain={CHAINS[chain.network]}",
+        "-server=1", "-disablewallet=1", "-printtoconsole=1",
+        f"-rpcauth={chain.rpc_user}:{salt}${digest}", "-rpcbind=127.0.0.1",
+        "-rpcallowip=127.0.0.1", f"-rpcport={url.port or 8332}",
+        f"-zmqpubhashblock={chain.zmq_block}",
+    ]  # fmt: skip
+
+
+def bitcoind(config_path: Path, datadir: Path) -> int:
+    argv = bitcoind_argv(load_config(config_path), datadir, secrets.token_hex(16))
+    os.execv(argv[0], argv)  # noqa: S606 (a fixed path, no shell involved)
+
+
 def breakglass() -> int:
     audit("breakglass.opened", "success",
           "break-glass console opened on the serial console (wire.breakglass on the kernel "
@@ -111,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     s = steps.add_parser("seal-journal")
     s.add_argument("--state-dir", type=Path, default=Path("/var/lib/wire-mpc"))
     s.add_argument("--owner", default="wire-mpc")
+    b = steps.add_parser("bitcoind")
+    b.add_argument("--config", type=Path, required=True)
+    b.add_argument("--datadir", type=Path, default=Path("/var/lib/bitcoind"))
     steps.add_parser("breakglass")
     args = parser.parse_args(argv)
     try:
@@ -118,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             return provision(args.config)
         if args.step == "seal-journal":
             return seal_journal(args.state_dir, args.owner)
+        if args.step == "bitcoind":
+            return bitcoind(args.config, args.datadir)
         return breakglass()
     except (ConfigError, HsmError, AuditUnavailableError, OSError) as exc:
         print(f"{args.step}: {exc}", file=sys.stderr)
