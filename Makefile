@@ -10,7 +10,8 @@ IMAGE_APT     := mkosi systemd-container debootstrap dracut squashfs-tools crypt
 PROFILE       ?= production
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: all demo test lint typecheck unit image image-tools image-test bench lock venv clean
+.PHONY: all demo test lint typecheck unit image image-tools image-test cluster-test \
+        cluster-up cluster-down bench lock venv clean
 
 all: test
 
@@ -22,7 +23,7 @@ venv:
 demo: venv
 	tools/with-journald $(PY) tools/demo.py
 
-test: lint typecheck unit image-test
+test: lint typecheck unit image-test cluster-test
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -48,6 +49,13 @@ image: image-tools
 image-test: image-tools
 	image/build --profile test --no-xz --out build/image-test
 	WIRE_IMAGE=build/image-test $(PY) -m pytest -s -p no:cacheprovider tests/image
+
+# Three VMs of the test image on a private network (a network namespace of their own), driven
+# through their APIs as three operator organisations would (qemu/README.md).
+cluster-test: image-tools
+	test -f build/image-test/disk.raw || image/build --profile test --no-xz --out build/image-test
+	WIRE_IMAGE=build/image-test qemu/netns $(PY) -m pytest -s -p no:cacheprovider \
+	    tests/appliance_cluster
 
 bench: venv
 	$(PY) bench/frost.py --output bench/results/frost.json

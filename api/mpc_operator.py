@@ -293,6 +293,9 @@ def run(args: argparse.Namespace) -> Any:
     if command == "approve-burn":
         return client.request("POST", f"/v1/burns/{quote(args.burn_id)}/approve",
                               totp=_totp(args))  # fmt: skip
+    if command == "audit-verify":
+        key = Path(args.key_file).read_text().strip()
+        return client.request("POST", "/v1/audit/verify", {"key": key})
     if command == "audit-key":
         return client.request("POST", "/v1/audit/verification-key", {}, totp=_totp(args))
     if command == "policy":
@@ -422,6 +425,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "audit-key", help="take the journal's sealing verification key off the node (admin, once)"
     )
+    s = sub.add_parser("audit-verify", help="check the journal's seals (admin or auditor)")
+    s.add_argument("--key-file", required=True, help="the verification key, as audit-key gave it")
     s = sub.add_parser("policy", help="show, or (admin) change, this node's signing policy")
     s.add_argument("--set", action="append", metavar="NAME=SATS", help="a field to change")
     s = sub.add_parser("backup", help="backup key-share")

@@ -23,10 +23,12 @@ import hashlib
 import hmac
 import os
 import pwd
+import re
 import secrets
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from appliance.audit import AuditUnavailableError, audit
@@ -132,6 +134,22 @@ def bitcoind_argv(config: NodeConfig, datadir: Path, salt: str) -> list[str]:
 def bitcoind(config_path: Path, datadir: Path) -> int:
     argv = bitcoind_argv(load_config(config_path), datadir, secrets.token_hex(16))
     os.execv(argv[0], argv)  # noqa: S606 (a fixed path, no shell involved)
+
+
+KEY_FORM = re.compile(r"[0-9a-f]{6,64}(-[0-9a-f]{6,64})*/[0-9a-f]+-[0-9a-f]+")
+
+
+def verify_journal(key: str, timeout: float = 600.0) -> dict[str, Any]:
+    """`journalctl --verify` of the whole journal with the sealing verification key an admin
+    holds: every file's seals must check (a file changed after sealing fails)."""
+    if not KEY_FORM.fullmatch(key):
+        raise CommandError("bad-key", "not a journal verification key (as journalctl "
+                           "--setup-keys prints it: hex-hex/hex-hex)")  # fmt: skip
+    done = subprocess.run(["journalctl", "--verify", f"--verify-key={key}"],
+                          capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    return {"passed": done.returncode == 0 and any(line.startswith("PASS") for line in lines),
+            "files": lines[-200:]}  # fmt: skip
 
 
 def breakglass() -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.audit import AuditUnavailableError, audit
-from appliance.boot import take_verification_key
+from appliance.boot import take_verification_key, verify_journal
 
 from .engine import CommandError, Engine
 
@@ -95,6 +95,7 @@ class ControlServer:
             "fee-reservoir": self._fee_reservoir,
             "set-policy": self._set_policy,
             "audit-key": self._audit_key,
+            "audit-verify": self._audit_verify,
         }
 
     async def start(self) -> None:
@@ -319,6 +320,12 @@ class ControlServer:
         return {"verification_key": key,
                 "note": "kept nowhere on the node now: store it offline; "
                         "journalctl --verify --verify-key=KEY checks the seals"}  # fmt: skip
+
+    async def _audit_verify(self, params: dict[str, Any], actor: str) -> Any:
+        key = params.get("key")
+        if not isinstance(key, str):
+            raise ValueError("key must be the journal's verification key")
+        return await asyncio.to_thread(verify_journal, key)
 
     async def _ceremony(self, params: dict[str, Any], actor: str) -> Any:
         return self.engine.ceremony_info(str(params["ceremony_id"]))

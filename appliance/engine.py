@@ -10,6 +10,7 @@ import collections
 import dataclasses
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -908,6 +909,9 @@ class Engine:
         fss = "Forward Secure Sealing keys present"
         no_fss = "no FSS key in /var/log/journal (the image runs journalctl --setup-keys)"
         item("journal sealing", sealed, fss if sealed else no_fss)
+        root_ro = bool(os.statvfs("/").f_flag & os.ST_RDONLY)
+        item("root read-only", root_ro, "the root file system is read-only" if root_ro
+             else "the root file system is writable (not the appliance image?)")  # fmt: skip
         waiting = (self.config.data_dir / VERIFICATION_KEY).exists()
         item("journal verification key", not waiting,
              "still on the node: an admin must take it off (mpc_operator audit-key)"

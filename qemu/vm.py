@@ -95,6 +95,7 @@ class VM:
         netdevs: tuple[str, ...] = ("user,id=n0",),
         data_disk_gb: int = 4,
         accel: str = "tcg",
+        index: int = 1,
     ) -> None:
         self.image = image
         self.dir = workdir / name
@@ -106,6 +107,7 @@ class VM:
         self.netdevs = netdevs
         self.data_disk_gb = data_disk_gb
         self.accel = accel
+        self.index = index  # distinct per VM of a cluster: it makes the MAC addresses
         self.uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"wire-mpc-vm:{workdir}:{name}"))
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
@@ -149,7 +151,7 @@ class VM:
             "-device", "virtio-rng-pci",
         ]  # fmt: skip
         for i, netdev in enumerate(self.netdevs):
-            mac = f"52:54:00:{hash((self.name, i)) & 0xFF:02x}:00:{i:02x}"
+            mac = f"52:54:00:00:{self.index:02x}:{i:02x}"
             argv += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=n{i},mac={mac}"]
         for name, value in sorted(self.credentials.items()):
             path = self.dir / f"credential-{name}"
@@ -251,6 +253,17 @@ class VM:
             s.sendall(json.dumps({"execute": command}).encode() + b"\n")
             with contextlib.suppress(OSError):
                 reader.readline()
+
+    def power_down(self, within: float = 120.0) -> None:
+        """A clean shutdown (ACPI power button), or power off if it does not end in time."""
+        if self.process is None or not self.running():
+            return
+        with contextlib.suppress(OSError):
+            self.qmp("system_powerdown")
+        try:
+            self.process.wait(timeout=within)
+        except subprocess.TimeoutExpired:
+            self.stop()
 
     def stop(self) -> None:
         if self.process is None:

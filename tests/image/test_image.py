@@ -30,7 +30,7 @@ import pyotp
 import pytest
 
 from qemu.site import NodeSite, credentials, node_config
-from qemu.vm import VM, Image, accelerator
+from qemu.vm import READY_LINE, VM, Image, accelerator
 
 REPO = Path(__file__).resolve().parents[2]
 EXPOSURE_TARGET = 2.0
@@ -193,6 +193,44 @@ def test_boots_and_answers_status(image: Image, report: dict[str, Any], tmp_path
         checks = {c["check"]: c for c in operator.run("security-check")["items"]}
         assert checks["journal sealing"]["passed"], checks["journal sealing"]
         assert checks["hsm"]["passed"], checks["hsm"]
+        assert checks["root read-only"]["passed"], checks["root read-only"]
+        assert not checks["journal verification key"]["passed"]  # until an admin takes it
     finally:
         vm.stop()
         print(f"console log: {vm.console_log}")
+
+
+@pytest.mark.timeout(900)
+def test_a_flipped_byte_in_the_root_stops_the_boot(image: Image, report: dict[str, Any]) -> None:
+    """dm-verity: one changed byte of the root partition and the kernel panics when it reads
+    that block (the superblock's, at mount), before anything of the root runs."""
+    tampered = image.directory / "tampered"
+    tampered.mkdir(exist_ok=True)
+    for name in ("vmlinuz", "initrd.img", "cmdline"):
+        (tampered / name).unlink(missing_ok=True)
+        (tampered / name).symlink_to(image.directory / name)
+    disk = tampered / "disk.raw"
+    subprocess.run(["cp", "--sparse=always", str(image.disk), str(disk)], check=True)
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True,
+                                      text=True, check=True).stdout)["partitiontable"]  # fmt: skip
+    (root,) = [p for p in table["partitions"] if p.get("name") == "wire-root"]
+    offset = root["start"] * table.get("sectorsize", 512) + 100
+    with disk.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+    me = NodeSite("node-1", 1, "10.0.2.15")
+    config = node_config("image-test", 2, me, [me, NodeSite("node-2", 2, "10.0.2.16")])
+    vm = VM(Image(tampered), tampered / "vms", "node-1", credentials(me, config),
+            accel=accelerator())  # fmt: skip
+    vm.remove()
+    vm.start()
+    try:
+        seen = vm.wait_for_console("dm-verity device corrupted", within=600)
+        assert seen is not None, f"no verity panic; console:\n{vm.console()}"
+        report["tampered_root_panic_seconds"] = round(seen)
+        print(f"\ntampered root: kernel panic (dm-verity) {seen:.0f} s after power-on")
+        assert READY_LINE not in vm.console_log.read_text(errors="replace")
+    finally:
+        vm.stop()

@@ -1,0 +1,140 @@
+"""Three appliance VMs of one image, run as three operator organisations run them: for the
+QEMU cluster tests and for trying the appliance by hand (`make cluster-up`).
+
+Everything lives in a private network namespace whose loopback carries multicast (`qemu/netns`
+sets it up and runs the caller in it), so nothing touches the host's network:
+
+- the VMs' own network is one QEMU multicast socket there (10.0.0.0/24; each node's static
+  address comes from its kernel command line), the mesh runs on it, and each node's
+  firewall admits the mesh port from the other nodes' addresses only;
+- each VM's second NIC is QEMU user-mode networking, through which the VM reaches the
+  namespace's loopback as 10.0.2.2: the regtest node (RPC and ZMQ) and the simulated Wire
+  system listen there, on loopback only.
+
+Bringing a cluster up is the runbook's preparation phase: every node boots once with a
+configuration in which no identity key is known yet, its HSM makes its identity key and its
+console shows it; the harness collects the three keys, writes the final configuration of
+every node and boots them again. The data disks keep what the first boot made.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qemu.site import NodeSite, credentials, node_config
+from qemu.vm import VM, Image
+
+GATEWAY = "10.0.2.2"  # the namespace's loopback, as a VM's user-mode NIC sees it
+MULTICAST = "230.0.0.1"
+IDENTITY_LINE = re.compile(r"wire-mpc node (\S+): identity public key ([0-9a-f]{64})")
+
+
+def reachable(url: str) -> str:
+    """A loopback URL of the host side, as a VM reaches it."""
+    return url.replace("127.0.0.1", GATEWAY)
+
+
+@dataclass
+class Cluster:
+    image: Image
+    workdir: Path
+    bitcoind: dict[str, Any]  # the regtest node: rpc_url, zmq_block, rpc_user, password
+    wire: dict[str, Any] = field(default_factory=dict)
+    parties: int = 3
+    threshold: int = 2
+    accel: str = "tcg"
+    cluster_id: str = "wire-qemu"
+    mcast_port: int = 23456
+    nodes: list[NodeSite] = field(default_factory=list)
+    vms: dict[str, VM] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.nodes:
+            self.nodes = [NodeSite(f"node-{i}", i, f"10.0.0.{10 + i}")
+                          for i in range(1, self.parties + 1)]  # fmt: skip
+            for node in self.nodes:
+                node.rpc_password = self.bitcoind["rpc_password"]
+
+    def config(self, node: NodeSite) -> dict[str, Any]:
+        chain = {
+            "network": "regtest",
+            "rpc_url": reachable(self.bitcoind["rpc_url"]),
+            "rpc_user": self.bitcoind["rpc_user"],
+            "zmq_block": reachable(self.bitcoind["zmq_block"]),
+            "poll_seconds": 2,
+        }
+        wire = {key: reachable(value) if isinstance(value, str) else value
+                for key, value in self.wire.items()}  # fmt: skip
+        return node_config(self.cluster_id, self.threshold, node, self.nodes,
+                           bitcoind=chain, wire=wire,
+                           ceremony={"round_timeout_seconds": 120})  # fmt: skip
+
+    def vm(self, node: NodeSite) -> VM:
+        netdevs = (f"socket,id=n0,mcast={MULTICAST}:{self.mcast_port},localaddr=127.0.0.1",
+                   "user,id=n1")  # fmt: skip
+        return VM(
+            self.image, self.workdir, node.node_id, credentials(node, self.config(node)),
+            cmdline=f"ip={node.address}:::255.255.255.0::eth0:off", netdevs=netdevs,
+            index=node.identifier, accel=self.accel,
+        )  # fmt: skip
+
+    # -- life ----------------------------------------------------------------------------
+    def up(self, within: float = 1200.0) -> None:
+        """Preparation (first boot: identity keys), then every node up with its final
+        configuration and its API answering; raises with the console of a node that did not
+        come up."""
+        started = time.monotonic()
+        self.first_boot(within)
+        self.timings["first_boot_s"] = round(time.monotonic() - started)
+        mark = time.monotonic()
+        self.start()
+        for vm in self.vms.values():
+            vm.wait_for_api(within)
+        self.timings["boot_to_api_s"] = round(time.monotonic() - mark)
+        self.save()
+
+    def first_boot(self, within: float) -> None:
+        for node in self.nodes:
+            vm = self.vm(node)
+            vm.remove()
+            self.vms[node.node_id] = vm
+            vm.start()
+        for node in self.nodes:
+            vm = self.vms[node.node_id]
+            if vm.wait_for_console("identity public key", within) is None:
+                raise RuntimeError(f"{node.node_id} did not provision its HSM; console:\n"
+                                   f"{vm.console()}")  # fmt: skip
+            found = IDENTITY_LINE.findall(vm.console_log.read_text(errors="replace"))
+            node.identity_public = dict(found)[node.node_id]
+        for vm in self.vms.values():
+            vm.power_down()
+
+    def start(self) -> None:
+        for node in self.nodes:
+            vm = self.vm(node)
+            self.vms[node.node_id] = vm
+            vm.start()
+
+    def stop(self) -> None:
+        for vm in self.vms.values():
+            vm.stop()
+
+    def save(self) -> None:
+        """Where everything is, for `make cluster-up`'s reader and `make cluster-down`."""
+        state = {
+            "nodes": {
+                name: {"api_socket": str(vm.api_socket), "console_log": str(vm.console_log),
+                       "qmp_socket": str(vm.qmp_socket), "pid": vm.process.pid if vm.process
+                       else None}
+                for name, vm in self.vms.items()
+            },
+            "bitcoind": {k: v for k, v in self.bitcoind.items() if k != "rpc_password"},
+            "timings": self.timings,
+        }  # fmt: skip
+        (self.workdir / "cluster.json").write_text(json.dumps(state, indent=1) + "\n")

@@ -1,0 +1,207 @@
+"""Three VMs of the appliance image, driven only through each node's control API with
+`mpc_operator`, as the three operator organisations would (`make cluster-test`).
+
+Runs inside a private network namespace (`qemu/netns`): the VMs' mesh network, the regtest
+node and the simulated Wire system are all in it. The tests run in file order, one
+cluster for all of them (Patroni-style: real nodes, bounded polling). Times of each phase
+are printed (-s) and written to `$WIRE_IMAGE/cluster/report.json`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from qemu.cluster import Cluster
+from qemu.vm import Image, accelerator
+from tests.regtest.harness import RegtestProcess
+from tests.wire.simulator import WireSimulator
+from tools.demo import Console, confirmed_everywhere, mine
+from tools.devcluster import wait_until
+
+pytestmark = pytest.mark.timeout(2400)
+
+
+@dataclass(frozen=True)
+class Node:
+    """What `Console` needs of a node: its name and its API socket (the VM's serial port)."""
+
+    node_id: str
+    api_socket: Path
+
+
+@dataclass
+class Appliances:
+    cluster: Cluster
+    bitcoind: RegtestProcess
+    wire: WireSimulator
+    consoles: list[Console]
+    report: dict[str, Any]
+    keys: dict[str, str]
+
+
+def phase(report: dict[str, Any], name: str, started: float) -> None:
+    report[name] = round(time.monotonic() - started, 1)
+    print(f"\n[cluster] {name}: {report[name]} s")
+
+
+@pytest.fixture(scope="module")
+def appliances(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    where = os.environ.get("WIRE_IMAGE")
+    if not where:
+        pytest.fail("WIRE_IMAGE is not set: run these tests with `make cluster-test`")
+    image = Image(Path(where))
+    if image.missing():
+        pytest.fail(f"the image is incomplete, missing: {', '.join(image.missing())}")
+    root = tmp_path_factory.mktemp("appliances")
+    report: dict[str, Any] = {}
+    bitcoind = RegtestProcess(root / "bitcoind")
+    bitcoind.start()
+    mine(bitcoind, 101)
+    wire = WireSimulator().start()
+    cluster = Cluster(
+        image, image.directory / "cluster",
+        bitcoind={"rpc_url": bitcoind.rpc_url, "zmq_block": bitcoind.zmq_endpoint,
+                  "rpc_user": bitcoind.rpc_user, "rpc_password": bitcoind.rpc_password},
+        wire={"burn_feed_url": wire.url, "burn_authority_key": wire.authority_key.hex(),
+              "paid_report_url": f"{wire.url}/paid", "feed_poll_seconds": 2, "auto_pay": False},
+        accel=accelerator(),
+    )  # fmt: skip
+    started = time.monotonic()
+    try:
+        cluster.up()
+        phase(report, "cluster_up_s", started)
+        report.update(cluster.timings)
+        consoles = [Console(Node(n, vm.api_socket), root) for n, vm in cluster.vms.items()]  # type: ignore[arg-type]
+        yield Appliances(cluster, bitcoind, wire, consoles, report, {})
+    finally:
+        cluster.stop()
+        wire.stop()
+        bitcoind.stop()
+        for name, vm in cluster.vms.items():
+            print(f"[cluster] {name}: console {vm.console_log}, QMP {vm.qmp_socket}")
+        (image.directory / "cluster").mkdir(exist_ok=True)
+        (image.directory / "cluster" / "report.json").write_text(json.dumps(report, indent=1))
+
+
+def test_1_operators_enrol_on_every_node(appliances: Appliances) -> None:
+    started = time.monotonic()
+    for console in appliances.consoles:
+        console.enrol("admin", "admin", None)  # the first user of a node: no session needed
+        console.login("admin")
+        console.enrol("operator", "operator", "admin")
+        console.login("operator")
+        status = console.run("status")
+        assert status["node_id"] == console.node.node_id
+    phase(appliances.report, "enrol_s", started)
+
+
+def test_2_dkg_through_the_api_gives_every_node_the_same_keys(appliances: Appliances) -> None:
+    consoles = appliances.consoles
+    wait_until(lambda: all(all(p["authenticated"] for p in c.run("status")["peers"].values())
+                           for c in consoles), within=300, pause=5,
+               what="every node authenticated its peers over the mesh")  # fmt: skip
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(len(consoles)) as pool:
+        results = list(pool.map(lambda c: c.run("dkg", "--ceremony-id", "qemu-dkg"), consoles))
+    assert all(r["state"] == "completed" for r in results), results
+    phase(appliances.report, "dkg_s", started)
+    infos = [c.run("key-info") for c in consoles]
+    keys = {name: infos[0]["keys"][name][0]["group_key"] for name in ("attestation", "custody")}
+    for info in infos:
+        assert {n: info["keys"][n][0]["group_key"] for n in keys} == keys
+    appliances.keys.update(keys)
+
+
+def test_3_a_deposit_gives_one_attestation(appliances: Appliances) -> None:
+    consoles, bitcoind = appliances.consoles, appliances.bitcoind
+    address = consoles[0].run("deposit-address", "--recipient", "wire:alice")["address"]
+    assert {c.run("deposit-address", "--recipient", "wire:alice")["address"]
+            for c in consoles[1:]} == {address}  # fmt: skip
+    txid = bitcoind.call("sendtoaddress", address, "0.5")
+    tip = mine(bitcoind, 6)
+    wait_until(lambda: all(c.run("status")["bitcoin"]["view_height"] == tip for c in consoles),
+               within=300, pause=3, what="every node saw the deposit's sixth block")  # fmt: skip
+    started = time.monotonic()
+    attested = consoles[0].run("test-attestation")
+    phase(appliances.report, "attestation_s", started)
+    (attestation,) = attested["attestations"]
+    assert txid in json.dumps(attestation)
+    # The Wire system's check: plain Ed25519 over the message with the group key.
+    Ed25519PublicKey.from_public_bytes(bytes.fromhex(appliances.keys["attestation"])).verify(
+        bytes.fromhex(attestation["signature"]), bytes.fromhex(attestation["message"])
+    )
+    again = consoles[0].run("test-attestation")
+    assert again["attestations"] == [], "a deposit is attested once"
+
+
+def pay_one_burn(appliances: Appliances, burn_id: str, consoles: list[Console]) -> str:
+    bitcoind, wire = appliances.bitcoind, appliances.wire
+    destination = bitcoind.call("getnewaddress")
+    wire.burn(destination, 10_000_000, burn_id=burn_id)
+    wait_until(lambda: all(any(b["burn_id"] == burn_id for b in c.run("payouts")["burns"])
+                           for c in consoles), within=300, pause=3,
+               what=f"every running node read and verified {burn_id}")  # fmt: skip
+    started = time.monotonic()
+    paid = consoles[0].run("test-burn")
+    phase(appliances.report, f"withdrawal_{burn_id}_s", started)
+    (withdrawal,) = paid["withdrawals"]
+    txid = withdrawal["txid"]
+    assert bitcoind.call("getrawtransaction", txid, 1)["txid"] == txid  # in the mempool
+    tip = mine(bitcoind, 6)
+    wait_until(lambda: all(c.run("status")["bitcoin"]["view_height"] == tip for c in consoles),
+               within=300, pause=3, what="every running node saw six confirmations")  # fmt: skip
+    wait_until(lambda: confirmed_everywhere(consoles, withdrawal["withdrawal"]), within=300,
+               pause=3, what=f"{burn_id}'s withdrawal confirmed on every running node")  # fmt: skip
+    assert int(bitcoind.call("getrawtransaction", txid, 1)["confirmations"]) >= 6
+    outputs = bitcoind.call("getrawtransaction", txid, 1)["vout"]
+    assert any(o["scriptPubKey"].get("address") == destination for o in outputs)
+    return str(txid)
+
+
+def test_4_a_burn_is_paid_by_a_transaction_bitcoin_core_accepts(appliances: Appliances) -> None:
+    pay_one_burn(appliances, "qemu-burn-1", appliances.consoles)
+    wait_until(lambda: appliances.wire.paid_reports, within=120, pause=2,
+               what="the paid report reached the Wire system")  # fmt: skip
+
+
+def test_5_a_powered_off_node_does_not_stop_payouts(appliances: Appliances) -> None:
+    cluster, consoles = appliances.cluster, appliances.consoles
+    node3 = cluster.vms["node-3"]
+    node3.qmp("quit")  # power off: no shutdown at all
+    node3.process.wait(timeout=60)  # type: ignore[union-attr]
+    pay_one_burn(appliances, "qemu-burn-2", consoles[:2])
+    started = time.monotonic()
+    node3.start()  # the same data disk
+    node3.wait_for_api(900)
+    phase(appliances.report, "node3_reboot_to_api_s", started)
+    console3 = consoles[2]
+    console3.login("operator")  # the session died with the VM's engine? it lives in the DB
+    keys = console3.run("key-info")["keys"]
+    assert keys["custody"][0]["group_key"] == appliances.keys["custody"]
+    tip = int(appliances.bitcoind.call("getblockcount"))
+    wait_until(lambda: console3.run("status")["bitcoin"]["view_height"] == tip, within=300,
+               pause=3, what="node-3 caught up with the chain")  # fmt: skip
+
+
+def test_6_every_journal_holds_the_audit_trail_and_its_seals_verify(
+    appliances: Appliances, tmp_path: Path
+) -> None:
+    for console in appliances.consoles:
+        console.login("admin")
+        records = console.run("audit", "--event", "ceremony.completed", user="admin")
+        assert any(r.get("ceremony") == "qemu-dkg" or "qemu-dkg" in json.dumps(r)
+                   for r in records["records"]), records  # fmt: skip
+        key = console.run("--totp", console.code("admin"), "audit-key", user="admin")
+        key_file = tmp_path / f"{console.node.node_id}.fss"
+        key_file.write_text(key["verification_key"])
+        verified = console.run("audit-verify", "--key-file", str(key_file), user="admin")
+        assert verified["passed"], verified["files"]
