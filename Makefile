@@ -57,6 +57,14 @@ cluster-test: image-tools
 	WIRE_IMAGE=build/image-test qemu/netns $(PY) -m pytest -s -p no:cacheprovider \
 	    tests/appliance_cluster
 
+# The same three VMs to try by hand: up until cluster-down (qemu/README.md).
+cluster-up: image-tools
+	test -f build/image-test/disk.raw || image/build --profile test --no-xz --out build/image-test
+	qemu/up build/image-test build/cluster
+
+cluster-down:
+	qemu/down build/cluster
+
 bench: venv
 	$(PY) bench/frost.py --output bench/results/frost.json
 	$(PY) bench/keystore.py --output bench/results/hsm.json
