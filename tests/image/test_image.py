@@ -234,3 +234,17 @@ def test_a_flipped_byte_in_the_root_stops_the_boot(image: Image, report: dict[st
         assert READY_LINE not in vm.console_log.read_text(errors="replace")
     finally:
         vm.stop()
+
+
+def test_the_production_profile_refuses_any_but_the_pinned_bitcoin_core(tmp_path: Path) -> None:
+    fake = tmp_path / "bitcoin-28.1-x86_64-linux-gnu.tar.gz"
+    fake.write_bytes(b"not Bitcoin Core")
+    done = subprocess.run(
+        [str(REPO / "image" / "build"), "--profile", "production", "--out", str(tmp_path / "out")],
+        env={**os.environ, "BITCOIN_TARBALL": str(fake)},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "not the pinned" in done.stderr
+    assert "refused" in done.stderr
+    assert not (tmp_path / "out" / "disk.raw").exists()
