@@ -27,6 +27,7 @@ import re
 import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +40,8 @@ from hsm.errors import HsmError
 from hsm.keystore import provision as provision_token
 
 VERIFICATION_KEY = "journal-verification-key"
+JOURNAL_DIR = Path("/var/log/journal")
+ROTATE_REQUEST = "rotate-journal"  # in the engine's runtime directory: see verify_journal
 
 
 def provision(config_path: Path) -> int:
@@ -139,14 +142,31 @@ def bitcoind(config_path: Path, datadir: Path) -> int:
 KEY_FORM = re.compile(r"[0-9a-f]{6,64}(-[0-9a-f]{6,64})*/[0-9a-f]+-[0-9a-f]+")
 
 
-def verify_journal(key: str, timeout: float = 600.0) -> dict[str, Any]:
-    """`journalctl --verify` of the whole journal with the sealing verification key an admin
-    holds: every file's seals must check (a file changed after sealing fails)."""
+def verify_journal(key: str, rotate: Path | None = None, timeout: float = 600.0) -> dict[str, Any]:
+    """`journalctl --verify` of the archived journal files with the sealing verification key
+    an admin holds: every seal must check (a file changed after sealing fails). The active
+    files are still being written and sealed; with `rotate` (the image's
+    wire-journal-rotate.path) the journal is rotated first, so the files checked run up to
+    this request."""
     if not KEY_FORM.fullmatch(key):
         raise CommandError("bad-key", "not a journal verification key (as journalctl "
                            "--setup-keys prints it: hex-hex/hex-hex)")  # fmt: skip
-    done = subprocess.run(["journalctl", "--verify", f"--verify-key={key}"],
-                          capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
+    archived = sorted(JOURNAL_DIR.glob("*/*@*.journal"))
+    if rotate is not None:
+        rotate.write_text(f"{time.time()}\n")
+        deadline = time.monotonic() + 30
+        while len(sorted(JOURNAL_DIR.glob("*/*@*.journal"))) <= len(archived):
+            if time.monotonic() > deadline:
+                raise CommandError("no-rotation", "the journal was not rotated within 30 s "
+                                   "(wire-journal-rotate.path)")  # fmt: skip
+            time.sleep(0.5)
+        archived = sorted(JOURNAL_DIR.glob("*/*@*.journal"))
+    if not archived:
+        return {"passed": False, "files": ["no archived journal file yet"]}
+    done = subprocess.run(
+        ["journalctl", "--verify", f"--verify-key={key}", *(f"--file={f}" for f in archived)],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     return {"passed": done.returncode == 0 and any(line.startswith("PASS") for line in lines),
             "files": lines[-200:]}  # fmt: skip

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.audit import AuditUnavailableError, audit
-from appliance.boot import take_verification_key, verify_journal
+from appliance.boot import ROTATE_REQUEST, take_verification_key, verify_journal
 
 from .engine import CommandError, Engine
 
@@ -325,7 +325,11 @@ class ControlServer:
         key = params.get("key")
         if not isinstance(key, str):
             raise ValueError("key must be the journal's verification key")
-        return await asyncio.to_thread(verify_journal, key)
+        trigger = self.engine.config.engine_socket.parent / ROTATE_REQUEST
+        rotate = (
+            trigger if Path("/usr/lib/systemd/system/wire-journal-rotate.path").exists() else None
+        )
+        return await asyncio.to_thread(verify_journal, key, rotate)
 
     async def _ceremony(self, params: dict[str, Any], actor: str) -> Any:
         return self.engine.ceremony_info(str(params["ceremony_id"]))

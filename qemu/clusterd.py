@@ -47,7 +47,7 @@ def main() -> int:
                   "rpc_user": bitcoind.rpc_user, "rpc_password": bitcoind.rpc_password},
         wire={"burn_feed_url": wire.url, "burn_authority_key": wire.authority_key.hex(),
               "paid_report_url": f"{wire.url}/paid", "feed_poll_seconds": 2},
-        accel=accelerator(),
+        accel=accelerator(image.kernel),
     )  # fmt: skip
     try:
         cluster.up()

@@ -87,7 +87,7 @@ def appliances(tmp_path_factory: pytest.TempPathFactory) -> Any:
         wire={"burn_feed_url": wire.url, "burn_authority_key": wire.authority_key.hex(),
               "paid_report_url": f"{wire.url}/paid", "feed_poll_seconds": 2, "auto_pay": False,
               "auto_attest": False},
-        accel=accelerator(),
+        accel=accelerator(image.kernel),
     )  # fmt: skip
     started = time.monotonic()
     try:

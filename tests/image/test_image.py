@@ -173,7 +173,7 @@ def test_boots_and_answers_status(image: Image, report: dict[str, Any], tmp_path
     me = NodeSite("node-1", 1, "10.0.2.15")
     other = NodeSite("node-2", 2, "10.0.2.16")
     config = node_config("image-test", 2, me, [me, other])
-    accel = accelerator()
+    accel = accelerator(image.kernel)
     workdir = image.directory / "vms"
     vm = VM(image, workdir, "node-1", credentials(me, config), cpus=2, accel=accel)
     vm.remove()
@@ -223,7 +223,7 @@ def test_a_flipped_byte_in_the_root_stops_the_boot(image: Image, report: dict[st
     me = NodeSite("node-1", 1, "10.0.2.15")
     config = node_config("image-test", 2, me, [me, NodeSite("node-2", 2, "10.0.2.16")])
     vm = VM(Image(tampered), tampered / "vms", "node-1", credentials(me, config),
-            accel=accelerator())  # fmt: skip
+            accel=accelerator(image.kernel))  # fmt: skip
     vm.remove()
     vm.start()
     try:
