@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import http.client
 import json
 import os
 import shutil
@@ -27,6 +26,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from api.mpc_operator import UnixConnection
 
 READY_LINE = "bridging /dev/virtio-ports/wire.api"
 
@@ -56,6 +57,17 @@ class Image:
         paths = (self.disk, self.kernel, self.initrd, self.directory / "cmdline")
         return [str(p) for p in paths if not p.exists()]
 
+    @classmethod
+    def under_test(cls) -> Image:
+        """The image the tests boot: `$WIRE_IMAGE`, complete (the Makefile builds it)."""
+        where = os.environ.get("WIRE_IMAGE")
+        if not where:
+            raise RuntimeError("WIRE_IMAGE is not set: run these tests through the Makefile")
+        image = cls(Path(where))
+        if image.missing():
+            raise RuntimeError(f"the image is incomplete, missing: {', '.join(image.missing())}")
+        return image
+
 
 def accelerator(kernel: Path | None = None) -> str:
     """`kvm` if a KVM guest of `kernel` prints its first kernel line on the serial port
@@ -76,17 +88,6 @@ def accelerator(kernel: Path | None = None) -> str:
     except subprocess.TimeoutExpired as hung:
         output = hung.stdout or b""
     return "kvm" if b"Linux version" in output else "tcg"
-
-
-class UnixHTTP(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(str(self.path))
 
 
 class VM:
@@ -213,7 +214,7 @@ class VM:
     def request(self, method: str, path: str, body: Any = None, token: str | None = None,
                 timeout: float = 120.0) -> tuple[int, Any]:  # fmt: skip
         """One HTTP request to the node's API through its virtio-serial port."""
-        connection = UnixHTTP(self.api_socket, timeout)
+        connection = UnixConnection(str(self.api_socket), timeout)
         headers = {"Content-Type": "application/json"}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"

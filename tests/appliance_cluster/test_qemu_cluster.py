@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,12 +67,10 @@ def phase(report: dict[str, Any], name: str, started: float) -> None:
 
 @pytest.fixture(scope="module")
 def appliances(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    where = os.environ.get("WIRE_IMAGE")
-    if not where:
-        pytest.fail("WIRE_IMAGE is not set: run these tests with `make cluster-test`")
-    image = Image(Path(where))
-    if image.missing():
-        pytest.fail(f"the image is incomplete, missing: {', '.join(image.missing())}")
+    try:
+        image = Image.under_test()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     root = tmp_path_factory.mktemp("appliances")
     report: dict[str, Any] = {}
     bitcoind = RegtestProcess(root / "bitcoind")

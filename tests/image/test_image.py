@@ -39,13 +39,10 @@ SIZE_TARGET_MB = 400
 
 @pytest.fixture(scope="module")
 def image() -> Image:
-    where = os.environ.get("WIRE_IMAGE")
-    if not where:
-        pytest.fail("WIRE_IMAGE is not set: run these tests with `make image-test`")
-    image = Image(Path(where))
-    if image.missing():
-        pytest.fail(f"the image is incomplete, missing: {', '.join(image.missing())}")
-    return image
+    try:
+        return Image.under_test()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module")
