@@ -33,7 +33,7 @@ typecheck: venv
 	$(VENV)/bin/mypy appliance hsm api
 
 unit: venv
-	tools/with-journald $(PY) -m pytest --ignore=tests/image
+	tools/with-journald $(PY) -m pytest --ignore=tests/image --ignore=tests/appliance_cluster
 
 image-tools: venv
 	@tools/bootstrap $(VENV) requirements-dev.lock $(APT_PACKAGES) $(IMAGE_APT)
