@@ -63,7 +63,7 @@ class Image:
         where = os.environ.get("WIRE_IMAGE")
         if not where:
             raise RuntimeError("WIRE_IMAGE is not set: run these tests through the Makefile")
-        image = cls(Path(where))
+        image = cls(Path(where).resolve())
         if image.missing():
             raise RuntimeError(f"the image is incomplete, missing: {', '.join(image.missing())}")
         return image

@@ -205,7 +205,7 @@ def test_a_flipped_byte_in_the_root_stops_the_boot(image: Image, report: dict[st
     tampered.mkdir(exist_ok=True)
     for name in ("vmlinuz", "initrd.img", "cmdline"):
         (tampered / name).unlink(missing_ok=True)
-        (tampered / name).symlink_to(image.directory / name)
+        (tampered / name).symlink_to((image.directory / name).resolve())
     disk = tampered / "disk.raw"
     subprocess.run(["cp", "--sparse=always", str(image.disk), str(disk)], check=True)
     table = json.loads(subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True,
