@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.audit import AuditUnavailableError, audit
-from appliance.boot import ROTATE_REQUEST, take_verification_key, verify_journal
+from appliance.sealing import ROTATE_REQUEST, take_verification_key, verify_journal
 
 from .engine import CommandError, Engine
 

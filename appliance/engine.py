@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from appliance.audit import JOURNAL_SOCKET, AuditUnavailableError, audit
-from appliance.boot import VERIFICATION_KEY
 from appliance.ceremony.base import BRIDGE_KEYS, Ceremony, MalformedPayload
 from appliance.ceremony.dkg import DkgCeremony
 from appliance.ceremony.refresh import RefreshCeremony
@@ -46,6 +45,7 @@ from appliance.frost import KeyShare, PublicKeyPackage
 from appliance.mesh.envelope import Envelope
 from appliance.mesh.transport import Mesh
 from appliance.metrics import CEREMONY_KINDS, EngineMetrics, Snapshot
+from appliance.sealing import VERIFICATION_KEY
 from appliance.store import AttestationRecords, Store
 from appliance.store.chain import DepositRow
 from appliance.store.database import KeyRow

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from appliance.boot import VERIFICATION_KEY, bitcoind_argv, take_verification_key
+from appliance.boot import bitcoind_argv
 from appliance.config import ConfigError, parse_config
 from appliance.errors import CommandError
+from appliance.sealing import VERIFICATION_KEY, take_verification_key
 from tests.engine.test_config import sample
 
 
