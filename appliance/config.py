@@ -7,6 +7,7 @@ the HSM PIN and the CURVE secret key arrive as systemd credentials (`hsm-pin`,
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ __all__ = [
     "NodeConfig",
     "PartyConfig",
     "Policy",
+    "StaticAddress",
     "load_config",
     "parse_config",
     "parse_policy",
@@ -137,6 +139,25 @@ class ApiConfig:
     metrics_dir: Path  # the API workers' Prometheus files, collected by the engine's exporter
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+# Entries of `network.static`, and DNS servers per entry, at most.
+MAX_STATIC_ADDRESSES = 8
+MAX_DNS_SERVERS = 4
+
+
+@dataclass(frozen=True)
+class StaticAddress:
+    """A static address of one network interface (`network.static`); written for
+    systemd-networkd by `appliance.network`. Interfaces not listed ask DHCP."""
+
+    interface: str  # the kernel's name, e.g. eth0 (the image boots with net.ifnames=0)
+    address: IPInterface  # the address with its prefix length: 10.0.0.11/24
+    gateway: IPAddress | None = None  # same family, inside the address's network
+    dns: tuple[IPAddress, ...] = ()
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     cluster_id: str
@@ -156,6 +177,7 @@ class NodeConfig:
     policy: Policy = Policy()
     fee_reservoir: FeeReservoirConfig = FeeReservoirConfig()
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9101)
+    network: tuple[StaticAddress, ...] = ()
     curve_secret: SecretSource = field(
         default_factory=lambda: SecretSource(
             "curve-secret-key", environment="WIRE_MPC_CURVE_SECRET_KEY"
@@ -310,6 +332,9 @@ def parse_config(document: Any) -> NodeConfig:
     metrics = top.section("metrics", {})
     metrics_listen = metrics.take("listen", _metrics_address, ("127.0.0.1", 9101))
     metrics.done()
+    network = top.section("network", {})
+    static = network.take("static", _static_addresses, ())
+    network.done()
     top.done()
 
     if node_id not in {p.node_id for p in parties}:
@@ -346,6 +371,7 @@ def parse_config(document: Any) -> NodeConfig:
         policy=policy,
         fee_reservoir=reservoir,
         metrics_listen=metrics_listen,
+        network=static,
     )
 
 
@@ -457,6 +483,85 @@ def _metrics_address(value: Any, path: str) -> tuple[str, int] | None:
     if host not in ("127.0.0.1", "::1"):
         raise ValueError(f"the metrics exporter listens on loopback only, not on {host}")
     return host, int(port)
+
+
+def _interface_name(value: Any, path: str) -> str:
+    text = as_string(value, path, 15)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", text) or text in (".", ".."):
+        raise ValueError(f"{text!r} must be an interface name: letters, digits, '.', '_' or "
+                         "'-' (no patterns)")  # fmt: skip
+    return text
+
+
+def _unicast(ip: IPAddress, text: str) -> IPAddress:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+        raise ValueError(f"{text!r} has a zone; give a plain address")
+    if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
+        raise ValueError(f"{text!r} is not a unicast address of a network")
+    return ip
+
+
+def _ip(value: Any, path: str) -> IPAddress:
+    text = as_string(value, path, 64)
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+    return _unicast(ip, text)
+
+
+def _interface_address(value: Any, path: str) -> IPInterface:
+    text = as_string(value, path, 64)
+    if "/" not in text:
+        raise ValueError(f"{text!r} needs its prefix length, e.g. 10.0.0.11/24")
+    try:
+        address = ipaddress.ip_interface(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address with a prefix length") from None
+    if isinstance(address, ipaddress.IPv6Interface) and address.scope_id is not None:
+        raise ValueError(f"{text!r} has a zone; give a plain address")  # .ip drops the zone
+    _unicast(address.ip, text)
+    network = address.network
+    if (
+        isinstance(address, ipaddress.IPv4Interface)
+        and network.prefixlen <= 30
+        and address.ip in (network.network_address, network.broadcast_address)
+    ):
+        raise ValueError(f"{text!r} is the network's own or its broadcast address, "
+                         "not a host's")  # fmt: skip
+    return address
+
+
+def _static_address(value: Any, path: str) -> StaticAddress:
+    fields = StrictObject(value, path, ConfigError)
+    static = StaticAddress(
+        interface=fields.take("interface", _interface_name),
+        address=fields.take("address", _interface_address),
+        gateway=fields.take("gateway", _ip, None),
+        dns=tuple(fields.take("dns", as_list(_ip, MAX_DNS_SERVERS), [])),
+    )
+    fields.done()
+    gateway, address = static.gateway, static.address
+    if gateway is None:
+        return static
+    if gateway.version != address.version:
+        raise ConfigError(f"{path}.gateway: {gateway} is IPv{gateway.version}, the address "
+                          f"IPv{address.version}")  # fmt: skip
+    if gateway not in address.network or gateway == address.ip:
+        raise ConfigError(f"{path}.gateway: {gateway} is not another host of the address's "
+                          f"network {address.network}")  # fmt: skip
+    return static
+
+
+def _static_addresses(value: Any, path: str) -> tuple[StaticAddress, ...]:
+    entries = as_list(_static_address, MAX_STATIC_ADDRESSES)(value, path)
+    first: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        if entry.interface in first:
+            raise ConfigError(f"{path}[{i}].interface: {entry.interface!r} already has an "
+                              f"address in {path}[{first[entry.interface]}]")  # fmt: skip
+        first[entry.interface] = i
+    return tuple(entries)
 
 
 def _bitcoin(fields: StrictObject) -> BitcoinConfig:

@@ -5,8 +5,8 @@ Everything lives in a private network namespace whose loopback carries multicast
 sets it up and runs the caller in it), so nothing touches the host's network:
 
 - the VMs' own network is one QEMU multicast socket there (10.0.0.0/24; each node's static
-  address comes from its kernel command line), the mesh runs on it, and each node's
-  firewall admits the mesh port from the other nodes' addresses only;
+  address on eth0 comes from `network.static` of its configuration), the mesh runs on it,
+  and each node's firewall admits the mesh port from the other nodes' addresses only;
 - each VM's second NIC is QEMU user-mode networking, through which the VM reaches the
   namespace's loopback as 10.0.2.2: the regtest node (RPC and ZMQ) and the simulated Wire
   system listen there, on loopback only.
@@ -71,8 +71,10 @@ class Cluster:
         }
         wire = {key: reachable(value) if isinstance(value, str) else value
                 for key, value in self.wire.items()}  # fmt: skip
+        # eth0 (the multicast socket) is static; eth1 (user-mode) asks QEMU's DHCP.
+        network = {"static": [{"interface": "eth0", "address": f"{node.address}/24"}]}
         return node_config(self.cluster_id, self.threshold, node, self.nodes,
-                           bitcoind=chain, wire=wire,
+                           bitcoind=chain, wire=wire, network=network,
                            ceremony={"round_timeout_seconds": 120})  # fmt: skip
 
     def vm(self, node: NodeSite) -> VM:
@@ -80,8 +82,7 @@ class Cluster:
                    "user,id=n1")  # fmt: skip
         return VM(
             self.image, self.workdir, node.node_id, credentials(node, self.config(node)),
-            cmdline=f"ip={node.address}:::255.255.255.0::eth0:off", netdevs=netdevs,
-            index=node.identifier, accel=self.accel,
+            netdevs=netdevs, index=node.identifier, accel=self.accel,
         )  # fmt: skip
 
     # -- life ----------------------------------------------------------------------------
