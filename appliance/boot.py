@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from appliance.audit import AuditUnavailableError, audit
 from appliance.config import ConfigError, NodeConfig, load_config
-from appliance.sealing import VERIFICATION_KEY
+from appliance.sealing import keep_verification_key, sealing_complete
 from hsm.config import read_secret
 from hsm.errors import HsmError
 from hsm.keystore import provision as provision_token
@@ -54,25 +54,20 @@ def provision(config_path: Path) -> int:
 
 
 def seal_journal(state_dir: Path, owner: str) -> int:
-    machine_id = Path("/etc/machine-id").read_text().strip()
-    if any(Path("/var/log/journal").glob("*/fss")):
+    if sealing_complete(state_dir):
         print("journal: sealing keys present")
         return 0
+    machine_id = Path("/etc/machine-id").read_text().strip()
     Path("/var/log/journal", machine_id).mkdir(parents=True, exist_ok=True)
-    made = subprocess.run(["journalctl", "--setup-keys", "--interval=15min"],
+    # --force: keys left by a first boot cut short before their verification key was kept
+    # are replaced (nobody could ever verify with them).
+    made = subprocess.run(["journalctl", "--setup-keys", "--force", "--interval=15min"],
                           capture_output=True, text=True, check=False)  # fmt: skip
     if made.returncode != 0:
         print(f"journalctl --setup-keys failed: {made.stderr.strip()}", file=sys.stderr)
         return 1
-    key = made.stdout.strip()
     user = pwd.getpwnam(owner)
-    path = state_dir / VERIFICATION_KEY
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(key + "\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.chown(path, user.pw_uid, user.pw_gid)
+    keep_verification_key(state_dir, made.stdout.strip(), user.pw_uid, user.pw_gid)
     subprocess.run(["journalctl", "--rotate"], check=True)
     audit(
         "journal.sealing-started",

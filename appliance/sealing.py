@@ -14,16 +14,26 @@ from typing import Any
 
 from appliance.errors import CommandError
 
-__all__ = ["ROTATE_REQUEST", "VERIFICATION_KEY", "take_verification_key", "verify_journal"]
+__all__ = [
+    "ROTATE_REQUEST",
+    "VERIFICATION_KEY",
+    "keep_verification_key",
+    "sealing_complete",
+    "take_verification_key",
+    "unsealed_after_sealing",
+    "verify_journal",
+]
 
 VERIFICATION_KEY = "journal-verification-key"
 JOURNAL_DIR = Path("/var/log/journal")
+KEY_TAKEN = "journal-verification-key.taken"
 ROTATE_REQUEST = "rotate-journal"  # in the engine's runtime directory: see verify_journal
 
 
 def take_verification_key(state_dir: Path) -> str:
     """The journal's sealing verification key, once: the file is overwritten and removed
-    as it is read (it lets its holder verify the journal, and must not stay on the node)."""
+    as it is read (it lets its holder verify the journal, and must not stay on the node).
+    A marker says it was taken, so a later boot does not make new keys in its place."""
     path = state_dir / VERIFICATION_KEY
     try:
         key = path.read_text().strip()
@@ -31,6 +41,7 @@ def take_verification_key(state_dir: Path) -> str:
         raise CommandError("already-taken", "the journal's verification key is not on this "
                            "node: an admin took it already, or the journal is not sealed "
                            "(wire-journal-seal.service)") from None  # fmt: skip
+    _write_durably(state_dir / KEY_TAKEN, f"{time.time():.0f}\n")
     with path.open("r+b") as f:
         f.write(b"\0" * len(key))
         f.flush()
@@ -39,34 +50,120 @@ def take_verification_key(state_dir: Path) -> str:
     return key
 
 
+def sealing_complete(state_dir: Path) -> bool:
+    """The sealing keys exist and their verification key was kept (it waits for an admin or
+    an admin took it). Keys without a kept verification key are a first boot cut short
+    between `journalctl --setup-keys` and keeping the key: they must be made again."""
+    if not any(JOURNAL_DIR.glob("*/fss")):
+        return False
+    return (state_dir / VERIFICATION_KEY).exists() or (state_dir / KEY_TAKEN).exists()
+
+
+def keep_verification_key(state_dir: Path, key: str, owner_uid: int, owner_gid: int) -> None:
+    """Keeps the key for an admin: written whole or not at all (a power loss leaves either
+    no file or the whole key), readable by the engine's user only."""
+    _write_durably(state_dir / VERIFICATION_KEY, key + "\n", (owner_uid, owner_gid))
+
+
+def _write_durably(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
+    partial = path.with_name(path.name + ".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    if owner is not None:
+        os.chown(partial, *owner)
+    os.replace(partial, path)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+VERDICT = re.compile(r"(?P<verdict>PASS|FAIL): (?P<path>\S+)( \((?P<reason>.*)\))?$")
 KEY_FORM = re.compile(r"[0-9a-f]{6,64}(-[0-9a-f]{6,64})*/[0-9a-f]+-[0-9a-f]+")
 
 
+def sealed_files() -> list[Path]:
+    """The journal files that are no longer written: archived ones (`name@….journal`) and
+    those journald set aside after an unclean stop, such as a power loss (`….journal~`)."""
+    return sorted([*JOURNAL_DIR.glob("*/*@*.journal"), *JOURNAL_DIR.glob("*/*@*.journal~")])
+
+
 def verify_journal(key: str, rotate: Path | None = None, timeout: float = 600.0) -> dict[str, Any]:
-    """`journalctl --verify` of the archived journal files with the sealing verification key
+    """`journalctl --verify` of the sealed journal files with the sealing verification key
     an admin holds: every seal must check (a file changed after sealing fails). The active
-    files are still being written and sealed; with `rotate` (the image's
-    wire-journal-rotate.path) the journal is rotated first, so the files checked run up to
-    this request."""
+    files are still being written; with `rotate` (the image's wire-journal-rotate.path)
+    they are sealed and archived first, so the files checked run up to this request."""
     if not KEY_FORM.fullmatch(key):
         raise CommandError("bad-key", "not a journal verification key (as journalctl "
                            "--setup-keys prints it: hex-hex/hex-hex)")  # fmt: skip
-    archived = sorted(JOURNAL_DIR.glob("*/*@*.journal"))
+    before = len(sealed_files())
     if rotate is not None:
         rotate.write_text(f"{time.time()}\n")
-        deadline = time.monotonic() + 30
-        while len(sorted(JOURNAL_DIR.glob("*/*@*.journal"))) <= len(archived):
+        deadline = time.monotonic() + 60
+        while len(sealed_files()) <= before:
             if time.monotonic() > deadline:
-                raise CommandError("no-rotation", "the journal was not rotated within 30 s "
+                raise CommandError("no-rotation", "the journal was not rotated within 60 s "
                                    "(wire-journal-rotate.path)")  # fmt: skip
             time.sleep(0.5)
-        archived = sorted(JOURNAL_DIR.glob("*/*@*.journal"))
-    if not archived:
-        return {"passed": False, "files": ["no archived journal file yet"]}
+    files = sealed_files()
+    if not files:
+        return {"passed": False, "files": [], "problem": "no archived journal file yet"}
     done = subprocess.run(
-        ["journalctl", "--verify", f"--verify-key={key}", *(f"--file={f}" for f in archived)],
+        ["journalctl", "--verify", f"--verify-key={key}", *(f"--file={f}" for f in files)],
         capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
-    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
-    return {"passed": done.returncode == 0 and any(line.startswith("PASS") for line in lines),
-            "files": lines[-200:]}  # fmt: skip
+    results = parse_verify_output(done.stdout + done.stderr)
+    by_name = {f.name: f for f in files}
+    for result in results:
+        path = by_name.get(result["file"])
+        if path is not None and unsealed_after_sealing(path, key):
+            # journalctl passes a file without seals; after the first sealing interval every
+            # file journald opens is sealed, so this one was written without the key.
+            result["passed"] = False
+            result["findings"].append("not sealed, though it begins after sealing started")
+    missing = [name for name in by_name if name not in {r["file"] for r in results}]
+    passed = done.returncode == 0 and not missing and all(r["passed"] for r in results)
+    return {"passed": passed, "files": results,
+            **({"problem": f"journalctl did not report on {', '.join(missing)}"}
+               if missing else {})}  # fmt: skip
+
+
+def unsealed_after_sealing(path: Path, key: str) -> bool:
+    """A journal file without seals whose first record is later than the first sealing
+    interval of `key` (its "/start-interval" part, hex, counts intervals). The header gives
+    the compatible flags (offset 8, bit 0: sealed) and head_entry_realtime (offset 184).
+    A file whose records are all backdated is not caught here."""
+    with path.open("rb") as f:
+        head = f.read(192)
+    if len(head) < 192 or int.from_bytes(head[8:12], "little") & 1:
+        return False
+    start, interval = (int(part, 16) for part in key.split("/")[1].split("-"))
+    return int.from_bytes(head[184:192], "little") >= (start + 1) * interval
+
+
+def parse_verify_output(text: str) -> list[dict[str, Any]]:
+    """Per file, from `journalctl --verify`: passed or not, what it found wrong (the lines
+    before its FAIL), and how far the seals reach (`coverage`: the "=>" line after its
+    PASS, such as "final 20ms entries not sealed")."""
+    results: list[dict[str, Any]] = []
+    findings: list[str] = []
+    for line in (raw.strip() for raw in text.splitlines()):
+        verdict = VERDICT.match(line)
+        if verdict:
+            path = Path(verdict["path"])
+            results.append({
+                "file": path.name,
+                "passed": verdict["verdict"] == "PASS",
+                "set_aside": path.name.endswith("~"),
+                "findings": [*findings[-5:], *filter(None, [verdict["reason"]])],
+            })  # fmt: skip
+            findings = []
+        elif line.startswith("=>") and results:
+            results[-1]["coverage"] = line.removeprefix("=>").strip()
+        elif line:
+            findings.append(line)
+    return results

@@ -1,0 +1,146 @@
+"""A sealed journal to test against: a private systemd-journald with Forward Secure Sealing,
+in a mount namespace of its own (tmpfs journal directories, its own journald.conf), driven
+as the appliance drives its journal. Run by tests/test_journal_sealing.py as
+
+    unshare --mount --propagation private python -m tests.journal_lab STATE_DIR
+
+which prints one JSON object: what each step saw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from systemd import journal
+
+from appliance import sealing
+from appliance.boot import seal_journal
+
+CONF = "[Journal]\nStorage=persistent\nSeal=yes\nSyncIntervalSec=1s\n"
+
+
+class Journald:
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        socket = Path("/run/systemd/journal/socket")
+        socket.unlink(missing_ok=True)
+        self.process = subprocess.Popen(["/lib/systemd/systemd-journald"])
+        deadline = time.monotonic() + 10
+        while not socket.exists():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError("systemd-journald did not start")
+            time.sleep(0.02)
+        subprocess.run(["journalctl", "--flush"], check=True)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        self.process.wait(10)
+
+    def restart_and_rotate(self) -> None:
+        """What wire-journal-rotate.service does: a restart closes the files with a final
+        seal, the rotation archives them."""
+        self.stop()
+        self.start()
+        subprocess.run(["journalctl", "--rotate"], check=True)
+
+
+def log(*lines: str) -> None:
+    for line in lines:
+        journal.send(line, SYSLOG_IDENTIFIER="journal-lab")
+    subprocess.run(["journalctl", "--sync"], check=True)
+
+
+def private_journal() -> Path:
+    for directory in ("/run/systemd/journal", "/var/log/journal", "/run/log/journal"):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", directory], check=True)
+    conf = Path("/run/log/journal/lab-journald.conf")
+    conf.write_text(CONF)
+    subprocess.run(["mount", "--bind", str(conf), "/etc/systemd/journald.conf"], check=True)
+    machine_id = Path("/etc/machine-id").read_text().strip()
+    return Path("/var/log/journal", machine_id)
+
+
+def flip(path: Path, marker: bytes) -> bool:
+    """Changes one byte of a record, as an intruder editing a sealed file would."""
+    data = bytearray(path.read_bytes())
+    at = data.find(marker)
+    if at < 0:
+        return False
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+    return True
+
+
+def set_online(path: Path) -> None:
+    """Marks the active file as a power loss leaves it: still being written."""
+    with path.open("r+b") as f:
+        f.seek(16)  # the header's state byte: 0 offline, 1 online, 2 archived
+        f.write(b"\x01")
+
+
+def main(state_dir: Path) -> dict[str, Any]:
+    journald = Journald()
+    try:
+        return scenario(state_dir, journald)
+    finally:
+        if journald.process is not None and journald.process.poll() is None:
+            journald.process.kill()
+
+
+def scenario(state_dir: Path, journald: Journald) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    directory = private_journal()
+    journald.start()
+    log("before sealing")
+
+    # A first boot cut short: keys made, their verification key never kept.
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["journalctl", "--setup-keys", "--interval=15min"], check=True,
+                   capture_output=True)  # fmt: skip
+    seen["interrupted_complete"] = sealing.sealing_complete(state_dir)
+    owner = os.getuid()
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True)
+    seen["seal_exit"] = seal_journal(state_dir, user.stdout.strip())
+    seen["sealed_complete"] = sealing.sealing_complete(state_dir)
+    seen["key_mode"] = oct((state_dir / sealing.VERIFICATION_KEY).stat().st_mode & 0o777)
+    seen["key_owner_is_given_user"] = (state_dir / sealing.VERIFICATION_KEY).stat().st_uid == owner
+    fss = next(directory.glob("fss")).read_bytes()
+
+    log("mint attested tamper-target-1", "withdrawal confirmed")
+    journald.restart_and_rotate()
+    key = sealing.take_verification_key(state_dir)
+    seen["second_seal_exit"] = seal_journal(state_dir, user.stdout.strip())
+    seen["keys_kept_after_taking"] = next(directory.glob("fss")).read_bytes()[:64] == fss[:64]
+    seen["clean"] = sealing.verify_journal(key)
+    seen["wrong_key"] = sealing.verify_journal("0" * 24 + "/" + key.split("/")[1])
+
+    # A power loss: the active file is left online; journald sets it aside on restart.
+    log("burn accepted before the power loss")
+    journald.stop(signal.SIGKILL)
+    set_online(directory / "system.journal")
+    journald.start()
+    log("after the power loss")
+    journald.restart_and_rotate()
+    seen["after_power_loss"] = sealing.verify_journal(key)
+
+    # An intruder edits a sealed record.
+    target = next(f for f in sealing.sealed_files() if b"tamper-target-1" in f.read_bytes())
+    seen["tampered_file"] = target.name
+    seen["flipped"] = flip(target, b"tamper-target-1")
+    seen["tampered"] = sealing.verify_journal(key)
+    return seen
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(Path(sys.argv[1]))))

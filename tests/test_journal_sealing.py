@@ -1,0 +1,120 @@
+"""The journal's Forward Secure Sealing as the appliance runs it, against a real
+systemd-journald (tests/journal_lab.py, in a mount namespace of its own): keys made on first
+boot, and made again when a first boot was cut short before the verification key was kept;
+the key taken off the node once; the archived files verified with it, also after a power
+loss; a changed record found. Needs root for the mount namespace; under CI its absence
+fails the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.sealing import parse_verify_output, unsealed_after_sealing
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the sealed-journal lab needs root (a mount namespace and journald)")
+        pytest.skip("the sealed-journal lab needs root")
+    state = tmp_path_factory.mktemp("state")
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private",
+         sys.executable, "-m", "tests.journal_lab", str(state)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_a_first_boot_cut_short_gets_new_keys_whose_verification_key_is_kept(lab) -> None:
+    assert lab["interrupted_complete"] is False
+    assert lab["seal_exit"] == 0
+    assert lab["sealed_complete"] is True
+    assert lab["key_mode"] == "0o600"
+    assert lab["key_owner_is_given_user"]
+
+
+def test_taking_the_key_does_not_make_new_keys(lab) -> None:
+    assert lab["second_seal_exit"] == 0
+    assert lab["keys_kept_after_taking"]
+
+
+def test_the_archived_files_verify_sealed_up_to_the_rotation(lab) -> None:
+    clean = lab["clean"]
+    assert clean["passed"], clean
+    sealed = [f for f in clean["files"] if f.get("coverage", "").startswith("Validated")]
+    assert sealed, clean["files"]
+    assert all(f["passed"] and not f["set_aside"] for f in clean["files"])
+
+
+def test_a_wrong_key_fails(lab) -> None:
+    assert not lab["wrong_key"]["passed"]
+
+
+def test_a_file_set_aside_after_a_power_loss_is_verified_and_named(lab) -> None:
+    after = lab["after_power_loss"]
+    aside = [f for f in after["files"] if f["set_aside"]]
+    assert len(aside) == 1, after["files"]
+    assert after["passed"], after["files"]
+
+
+def test_a_changed_record_fails_and_names_its_file(lab) -> None:
+    assert lab["flipped"]
+    tampered = lab["tampered"]
+    assert not tampered["passed"]
+    failed = [f["file"] for f in tampered["files"] if not f["passed"]]
+    assert failed == [lab["tampered_file"]], tampered["files"]
+
+
+def header(sealed: bool, head_realtime: int) -> bytes:
+    head = bytearray(b"LPKSHHRH" + bytes(200))
+    head[8:12] = (1 if sealed else 0).to_bytes(4, "little")
+    head[184:192] = head_realtime.to_bytes(8, "little")
+    return bytes(head)
+
+
+@pytest.mark.parametrize(
+    ("sealed", "began", "flagged"),
+    [
+        (False, 10 * 900_000_000 + 5, False),  # within the first interval: before sealing
+        (False, 11 * 900_000_000, True),  # after it: should have been sealed
+        (True, 20 * 900_000_000, False),
+    ],
+)
+def test_an_unsealed_file_is_refused_only_after_sealing_started(
+    tmp_path: Path, sealed: bool, began: int, flagged: bool
+) -> None:
+    path = tmp_path / "system@x.journal"
+    path.write_bytes(header(sealed, began))
+    key = "a1b2c3-d4e5f6-a1b2c3-d4e5f6/a-35a4e900"  # start interval 10 of 15 min
+    assert unsealed_after_sealing(path, key) is flagged
+
+
+def test_verify_output_is_read_per_file() -> None:
+    results = parse_verify_output(
+        "PASS: /var/log/journal/m/system@a.journal\n"
+        "=> Validated from X to Y, final 20ms entries not sealed.\n"
+        "38f978: Tag failed verification\n"
+        "File corruption detected at /var/log/journal/m/system@b.journal~:38f978\n"
+        "FAIL: /var/log/journal/m/system@b.journal~ (Bad message)\n"
+    )
+    assert results == [
+        {"file": "system@a.journal", "passed": True, "set_aside": False, "findings": [],
+         "coverage": "Validated from X to Y, final 20ms entries not sealed."},
+        {"file": "system@b.journal~", "passed": False, "set_aside": True,
+         "findings": ["38f978: Tag failed verification",
+                      "File corruption detected at /var/log/journal/m/system@b.journal~:38f978",
+                      "Bad message"]},
+    ]  # fmt: skip
