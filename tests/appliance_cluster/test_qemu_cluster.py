@@ -223,3 +223,8 @@ def test_6_every_journal_holds_the_audit_trail_and_its_seals_verify(
         key_file.write_text(key["verification_key"])
         verified = console.run("audit-verify", "--key-file", str(key_file), user="admin")
         assert verified["passed"], verified["files"]
+        # The file archived for this check is sealed up to the rotation.
+        assert any(f.get("coverage", "").startswith("Validated") for f in verified["files"])
+        aside = [f["file"] for f in verified["files"] if f["set_aside"]]
+        print(f"[cluster] {console.node.node_id}: {len(verified['files'])} journal files "
+              f"verified, {len(aside)} set aside after an unclean stop")  # fmt: skip
