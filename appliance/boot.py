@@ -7,6 +7,9 @@
 - `seal-journal` (wire-journal-seal.service, as root, once): Forward Secure Sealing keys for
   the journal. The verification key is kept in the engine's state directory until an admin
   takes it (`mpc_operator audit-key`, `appliance.sealing`); it then leaves the node.
+- `evolve-sealing-key` (wire-journal-evolve.service, as root, every boot, before journald
+  copies early boot's records to the persistent journal): brings the sealing key forward to
+  the current interval (`appliance.sealing.evolve_sealing_key` says why).
 - `bitcoind` (bitcoind.service, production image): runs Bitcoin Core for the configured
   network with RPC and ZMQ on loopback, its RPC password taken from the credential as an
   `rpcauth` hash (the password itself is never on a command line).
@@ -26,12 +29,18 @@ import pwd
 import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from appliance.audit import AuditUnavailableError, audit
 from appliance.config import ConfigError, NodeConfig, load_config
-from appliance.sealing import keep_verification_key, sealing_complete
+from appliance.sealing import (
+    JOURNAL_DIR,
+    evolve_sealing_key,
+    keep_verification_key,
+    sealing_complete,
+)
 from hsm.config import read_secret
 from hsm.errors import HsmError
 from hsm.keystore import provision as provision_token
@@ -75,6 +84,17 @@ def seal_journal(state_dir: Path, owner: str) -> int:
         "the journal is sealed; an admin must take the verification key off the node",
     )
     print("journal: sealing keys made; the verification key waits for an admin")
+    return 0
+
+
+def evolve_sealing_keys() -> int:
+    keys = sorted(JOURNAL_DIR.glob("*/fss"))
+    if not keys:
+        print("journal: no sealing key yet")
+    for fss in keys:
+        before, after = evolve_sealing_key(fss, time.time_ns() // 1000)
+        print(f"journal: sealing key at interval {after}" +
+              (f" (evolved from {before})" if after != before else ""))  # fmt: skip
     return 0
 
 
@@ -129,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--config", type=Path, required=True)
     b.add_argument("--datadir", type=Path, default=Path("/var/lib/bitcoind"))
     steps.add_parser("breakglass")
+    steps.add_parser("evolve-sealing-key")
     args = parser.parse_args(argv)
     try:
         if args.step == "provision":
@@ -137,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             return seal_journal(args.state_dir, args.owner)
         if args.step == "bitcoind":
             return bitcoind(args.config, args.datadir)
+        if args.step == "evolve-sealing-key":
+            return evolve_sealing_keys()
         return breakglass()
-    except (ConfigError, HsmError, AuditUnavailableError, OSError) as exc:
+    except (ConfigError, HsmError, AuditUnavailableError, OSError, ValueError) as exc:
         print(f"{args.step}: {exc}", file=sys.stderr)
         return 1
 

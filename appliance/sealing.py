@@ -17,6 +17,7 @@ from appliance.errors import CommandError
 __all__ = [
     "ROTATE_REQUEST",
     "VERIFICATION_KEY",
+    "evolve_sealing_key",
     "keep_verification_key",
     "sealing_complete",
     "take_verification_key",
@@ -65,11 +66,12 @@ def keep_verification_key(state_dir: Path, key: str, owner_uid: int, owner_gid: 
     _write_durably(state_dir / VERIFICATION_KEY, key + "\n", (owner_uid, owner_gid))
 
 
-def _write_durably(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
+def _write_durably(path: Path, content: str | bytes, owner: tuple[int, int] | None = None) -> None:
+    """Writes whole or not at all: a temporary file, fsync, rename, fsync of the directory."""
     partial = path.with_name(path.name + ".partial")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
+    with os.fdopen(fd, "wb") as out:
+        out.write(content if isinstance(content, bytes) else content.encode())
         out.flush()
         os.fsync(out.fileno())
     if owner is not None:
@@ -80,6 +82,44 @@ def _write_durably(path: Path, text: str, owner: tuple[int, int] | None = None) 
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def evolve_sealing_key(fss: Path, now_usec: int) -> tuple[int, int]:
+    """Brings journald's sealing key (the `fss` file) forward to the sealing interval of
+    `now_usec`, as journald itself does when it seals; the epochs before and after.
+
+    At boot journald copies the records of early boot into the persistent journal without
+    evolving the key first, and seals them afterwards under the epoch the key was left at.
+    When the node was off across an interval boundary, that seal is older than the records
+    it follows, and `journalctl --verify` fails the file ("tag/entry realtime timestamp out
+    of synchronization"). Evolving the key before that copy (wire-journal-evolve.service)
+    keeps the seals in order. Evolving is one squaring modulo n per interval (FSPRG); the
+    older state is overwritten, as forward security asks.
+
+    The file: an 88-byte header (header_size at offset 48, start_usec 56, interval_usec 64,
+    all little-endian), then the state: secpar/16 - 1 (2 bytes, big-endian), n and x
+    (secpar/8 bytes each, big-endian) and the epoch (8 bytes, big-endian)."""
+    data = bytearray(fss.read_bytes())
+    if data[:8] != b"KSHHRHLP" or len(data) < 88:
+        raise ValueError(f"{fss}: not a journal sealing key file")
+    header_size, start, interval = (int.from_bytes(data[o : o + 8], "little") for o in (48, 56, 64))
+    state = header_size
+    width = (int.from_bytes(data[state : state + 2], "big") + 1) * 2  # secpar / 8, in bytes
+    n_at, x_at, epoch_at = state + 2, state + 2 + width, state + 2 + 2 * width
+    if len(data) < epoch_at + 8 or interval == 0:
+        raise ValueError(f"{fss}: truncated or without an interval")
+    epoch = int.from_bytes(data[epoch_at : epoch_at + 8], "big")
+    goal = (now_usec - start) // interval if now_usec > start else 0
+    if goal <= epoch:
+        return epoch, epoch
+    n = int.from_bytes(data[n_at:x_at], "big")
+    x = int.from_bytes(data[x_at:epoch_at], "big")
+    for _ in range(goal - epoch):
+        x = x * x % n
+    data[x_at:epoch_at] = x.to_bytes(width, "big")
+    data[epoch_at : epoch_at + 8] = goal.to_bytes(8, "big")
+    _write_durably(fss, bytes(data))
+    return epoch, goal
 
 
 VERDICT = re.compile(r"(?P<verdict>PASS|FAIL): (?P<path>\S+)( \((?P<reason>.*)\))?$")

@@ -30,7 +30,11 @@ class Journald:
     def __init__(self) -> None:
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, flush: bool = True) -> None:
+        """With flush=False journald starts as at boot: it writes to /run until asked to
+        copy that into the persistent journal (systemd-journal-flush.service)."""
+        if not flush:
+            Path("/run/systemd/journal/flushed").unlink(missing_ok=True)
         socket = Path("/run/systemd/journal/socket")
         socket.unlink(missing_ok=True)
         self.process = subprocess.Popen(["/lib/systemd/systemd-journald"])
@@ -39,7 +43,8 @@ class Journald:
             if time.monotonic() > deadline or self.process.poll() is not None:
                 raise RuntimeError("systemd-journald did not start")
             time.sleep(0.02)
-        subprocess.run(["journalctl", "--flush"], check=True)
+        if flush:
+            subprocess.run(["journalctl", "--flush"], check=True)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         assert self.process is not None
@@ -92,7 +97,10 @@ def set_online(path: Path) -> None:
 def main(state_dir: Path) -> dict[str, Any]:
     journald = Journald()
     try:
-        return scenario(state_dir, journald)
+        seen = scenario(state_dir, journald)
+        seen["boot_after_boundary"] = boot_after_boundary(journald, evolve=False)
+        seen["boot_after_boundary_evolved"] = boot_after_boundary(journald, evolve=True)
+        return seen
     finally:
         if journald.process is not None and journald.process.poll() is None:
             journald.process.kill()
@@ -139,6 +147,44 @@ def scenario(state_dir: Path, journald: Journald) -> dict[str, Any]:
     seen["tampered_file"] = target.name
     seen["flipped"] = flip(target, b"tamper-target-1")
     seen["tampered"] = sealing.verify_journal(key)
+    return seen
+
+
+def boot_after_boundary(journald: Journald, evolve: bool) -> dict[str, Any]:
+    """A node shut down cleanly and booted again after a sealing interval ended (10 s
+    intervals here, 15 minutes on the appliance): early boot's records are copied into the
+    persistent journal, with or without wire-journal-evolve's step before the copy."""
+    directory = Path("/var/log/journal", Path("/etc/machine-id").read_text().strip())
+    journald.stop()
+    for old in directory.iterdir():
+        old.unlink()
+    made = subprocess.run(["journalctl", "--setup-keys", "--force", "--interval=10s"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    key = made.stdout.strip()
+    journald.start()
+    log("sealed, before the shutdown")
+    journald.stop()
+    fss = directory / "fss"
+    before_boot = fss.read_bytes()
+    time.sleep(10.3 - time.time() % 10)  # into the next interval
+    journald.start(flush=False)
+    log("early boot, not yet in the persistent journal")
+    evolved = sealing.evolve_sealing_key(fss, time.time_ns() // 1000) if evolve else None
+    subprocess.run(["journalctl", "--flush"], check=True)
+    log("booted")
+    journald.restart_and_rotate()
+    seen: dict[str, Any] = {"verified": sealing.verify_journal(key), "evolved": evolved}
+    if not evolve:
+        # journald evolved the key itself after the copy: the same state as ours.
+        copy = directory.parent / "fss-before-boot"
+        copy.write_bytes(before_boot)
+        epoch = int.from_bytes(fss.read_bytes()[-8:], "big")
+        header = (
+            int.from_bytes(before_boot[56:64], "little"),
+            int.from_bytes(before_boot[64:72], "little"),
+        )
+        sealing.evolve_sealing_key(copy, header[0] + epoch * header[1])
+        seen["same_state_as_journald"] = copy.read_bytes()[88:] == fss.read_bytes()[88:]
     return seen
 
 

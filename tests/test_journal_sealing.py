@@ -2,8 +2,9 @@
 systemd-journald (tests/journal_lab.py, in a mount namespace of its own): keys made on first
 boot, and made again when a first boot was cut short before the verification key was kept;
 the key taken off the node once; the archived files verified with it, also after a power
-loss; a changed record found. Needs root for the mount namespace; under CI its absence
-fails the run."""
+loss; a changed record found; a boot after a sealing interval ended, without and with the
+key evolved first (wire-journal-evolve.service). Needs root for the mount namespace; under
+CI its absence fails the run."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from appliance.sealing import parse_verify_output, unsealed_after_sealing
+from appliance.sealing import evolve_sealing_key, parse_verify_output, unsealed_after_sealing
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,3 +119,29 @@ def test_verify_output_is_read_per_file() -> None:
                       "File corruption detected at /var/log/journal/m/system@b.journal~:38f978",
                       "Bad message"]},
     ]  # fmt: skip
+
+
+def test_a_boot_after_a_sealing_interval_ended_breaks_the_seals_unless_the_key_evolves(
+    lab,
+) -> None:
+    # journald 252 as it is: early boot's records copied in, then sealed under the old
+    # interval: journalctl --verify fails the file.
+    plain = lab["boot_after_boundary"]
+    assert not plain["verified"]["passed"]
+    findings = [line for f in plain["verified"]["files"] for line in f["findings"]]
+    assert any("tag/entry realtime timestamp out of synchronization" in line for line in findings)
+    # wire-journal-evolve's step before the copy: every seal checks.
+    evolved = lab["boot_after_boundary_evolved"]
+    assert evolved["evolved"] == [0, 1]
+    assert evolved["verified"]["passed"], evolved["verified"]["files"]
+
+
+def test_evolving_the_key_gives_the_state_journald_itself_reaches(lab) -> None:
+    assert lab["boot_after_boundary"]["same_state_as_journald"]
+
+
+def test_a_key_file_that_is_not_one_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fss"
+    path.write_bytes(b"not a key" * 20)
+    with pytest.raises(ValueError, match="not a journal sealing key"):
+        evolve_sealing_key(path, 10**15)
