@@ -100,6 +100,9 @@ def main(state_dir: Path) -> dict[str, Any]:
         seen = scenario(state_dir, journald)
         seen["boot_after_boundary"] = boot_after_boundary(journald, evolve=False)
         seen["boot_after_boundary_evolved"] = boot_after_boundary(journald, evolve=True)
+        seen["power_loss_then_boot_across_boundary"] = boot_after_boundary(
+            journald, evolve=True, power_loss=True
+        )
         return seen
     finally:
         if journald.process is not None and journald.process.poll() is None:
@@ -150,10 +153,17 @@ def scenario(state_dir: Path, journald: Journald) -> dict[str, Any]:
     return seen
 
 
-def boot_after_boundary(journald: Journald, evolve: bool) -> dict[str, Any]:
+def boot_after_boundary(
+    journald: Journald, evolve: bool, power_loss: bool = False
+) -> dict[str, Any]:
     """A node shut down cleanly and booted again after a sealing interval ended (10 s
     intervals here, 15 minutes on the appliance): early boot's records are copied into the
-    persistent journal, with or without wire-journal-evolve's step before the copy."""
+    persistent journal, with or without wire-journal-evolve's step before the copy.
+
+    With `power_loss`, the node loses power instead and its boot begins before the boundary
+    and copies after it: journald then starts a new file whose first seal is of the new
+    interval, before records of the old one, and no order of seals can hold both (a limit
+    of journald 252 that the appliance does not overcome)."""
     directory = Path("/var/log/journal", Path("/etc/machine-id").read_text().strip())
     journald.stop()
     for old in directory.iterdir():
@@ -163,18 +173,27 @@ def boot_after_boundary(journald: Journald, evolve: bool) -> dict[str, Any]:
     key = made.stdout.strip()
     journald.start()
     log("sealed, before the shutdown")
-    journald.stop()
     fss = directory / "fss"
+    if power_loss:
+        journald.stop(signal.SIGKILL)
+        set_online(directory / "system.journal")
+        time.sleep(max(0.0, 8.5 - time.time() % 10))  # boot 1.5 s before the boundary
+    else:
+        journald.stop()
     before_boot = fss.read_bytes()
+    if power_loss:
+        journald.start(flush=False)
+        log("early boot, before the boundary")
     time.sleep(10.3 - time.time() % 10)  # into the next interval
-    journald.start(flush=False)
+    if not power_loss:
+        journald.start(flush=False)
     log("early boot, not yet in the persistent journal")
     evolved = sealing.evolve_sealing_key(fss, time.time_ns() // 1000) if evolve else None
     subprocess.run(["journalctl", "--flush"], check=True)
     log("booted")
     journald.restart_and_rotate()
     seen: dict[str, Any] = {"verified": sealing.verify_journal(key), "evolved": evolved}
-    if not evolve:
+    if not evolve and not power_loss:
         # journald evolved the key itself after the copy: the same state as ours.
         copy = directory.parent / "fss-before-boot"
         copy.write_bytes(before_boot)

@@ -184,12 +184,32 @@ def test_4_a_burn_is_paid_by_a_transaction_bitcoin_core_accepts(appliances: Appl
                what="the paid report reached the Wire system")  # fmt: skip
 
 
+SEALING_INTERVAL = 900  # the journal's sealing interval on the image (appliance/boot.py)
+
+
+def clear_of_a_sealing_boundary(span: float = 150.0) -> float:
+    """Waits, when a sealing interval ends within `span` s, until it has ended; the seconds
+    waited. A node that lost power and boots across such a boundary (its early records in
+    one interval, their copy to disk in the next) fails `audit-verify`: a known limit of
+    journald 252 (SECURITY.md), pinned by tests/test_journal_sealing.py. This suite's boot
+    takes about 100 s to that copy, so it waits rather than fail one run in nine."""
+    left = SEALING_INTERVAL - time.time() % SEALING_INTERVAL
+    if left > span:
+        return 0.0
+    time.sleep(left + 5)
+    return left + 5
+
+
 def test_5_a_powered_off_node_does_not_stop_payouts(appliances: Appliances) -> None:
     cluster, consoles = appliances.cluster, appliances.consoles
     node3 = cluster.vms["node-3"]
     node3.qmp("quit")  # power off: no shutdown at all
     node3.process.wait(timeout=60)  # type: ignore[union-attr]
     pay_one_burn(appliances, "qemu-burn-2", consoles[:2])
+    waited = clear_of_a_sealing_boundary()
+    if waited:
+        print(f"\n[cluster] waited {waited:.0f} s for a sealing interval to end before node-3 "
+              "boots (SECURITY.md, the journal's limits)")  # fmt: skip
     started = time.monotonic()
     node3.start()  # the same data disk
     node3.wait_for_api(900)
