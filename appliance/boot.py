@@ -67,7 +67,7 @@ def seal_journal(state_dir: Path, owner: str) -> int:
         print("journal: sealing keys present")
         return 0
     machine_id = Path("/etc/machine-id").read_text().strip()
-    Path("/var/log/journal", machine_id).mkdir(parents=True, exist_ok=True)
+    (JOURNAL_DIR / machine_id).mkdir(parents=True, exist_ok=True)
     # --force: keys left by a first boot cut short before their verification key was kept
     # are replaced (nobody could ever verify with them).
     made = subprocess.run(["journalctl", "--setup-keys", "--force", "--interval=15min"],

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import CommandError
+from hsm.vault import write_private_file
 
 __all__ = [
     "ROTATE_REQUEST",
@@ -42,7 +43,7 @@ def take_verification_key(state_dir: Path) -> str:
         raise CommandError("already-taken", "the journal's verification key is not on this "
                            "node: an admin took it already, or the journal is not sealed "
                            "(wire-journal-seal.service)") from None  # fmt: skip
-    _write_durably(state_dir / KEY_TAKEN, f"{time.time():.0f}\n")
+    write_private_file(state_dir / KEY_TAKEN, f"{time.time():.0f}\n".encode())
     with path.open("r+b") as f:
         f.write(b"\0" * len(key))
         f.flush()
@@ -63,25 +64,7 @@ def sealing_complete(state_dir: Path) -> bool:
 def keep_verification_key(state_dir: Path, key: str, owner_uid: int, owner_gid: int) -> None:
     """Keeps the key for an admin: written whole or not at all (a power loss leaves either
     no file or the whole key), readable by the engine's user only."""
-    _write_durably(state_dir / VERIFICATION_KEY, key + "\n", (owner_uid, owner_gid))
-
-
-def _write_durably(path: Path, content: str | bytes, owner: tuple[int, int] | None = None) -> None:
-    """Writes whole or not at all: a temporary file, fsync, rename, fsync of the directory."""
-    partial = path.with_name(path.name + ".partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(content if isinstance(content, bytes) else content.encode())
-        out.flush()
-        os.fsync(out.fileno())
-    if owner is not None:
-        os.chown(partial, *owner)
-    os.replace(partial, path)
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_private_file(state_dir / VERIFICATION_KEY, (key + "\n").encode(), (owner_uid, owner_gid))
 
 
 def evolve_sealing_key(fss: Path, now_usec: int) -> tuple[int, int]:
@@ -118,7 +101,7 @@ def evolve_sealing_key(fss: Path, now_usec: int) -> tuple[int, int]:
         x = x * x % n
     data[x_at:epoch_at] = x.to_bytes(width, "big")
     data[epoch_at : epoch_at + 8] = goal.to_bytes(8, "big")
-    _write_durably(fss, bytes(data))
+    write_private_file(fss, bytes(data))
     return epoch, goal
 
 

@@ -40,8 +40,9 @@ SHARE_PURPOSE = "key-share"
 _KEY_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 
-def write_private_file(path: Path, data: bytes) -> None:
-    """Replace `path` atomically with `data`, readable by its owner only (0600)."""
+def write_private_file(path: Path, data: bytes, owner: tuple[int, int] | None = None) -> None:
+    """Replace `path` atomically with `data`, readable by its owner only (0600); `owner`
+    (uid, gid) is set before the file takes its name."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -49,6 +50,8 @@ def write_private_file(path: Path, data: bytes) -> None:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
+        if owner is not None:
+            os.chown(temporary, *owner)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
