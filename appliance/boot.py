@@ -37,6 +37,7 @@ from appliance.audit import AuditUnavailableError, audit
 from appliance.config import ConfigError, NodeConfig, load_config
 from appliance.sealing import (
     JOURNAL_DIR,
+    SEALING_INTERVAL,
     evolve_sealing_key,
     keep_verification_key,
     sealing_complete,
@@ -70,8 +71,8 @@ def seal_journal(state_dir: Path, owner: str) -> int:
     (JOURNAL_DIR / machine_id).mkdir(parents=True, exist_ok=True)
     # --force: keys left by a first boot cut short before their verification key was kept
     # are replaced (nobody could ever verify with them).
-    made = subprocess.run(["journalctl", "--setup-keys", "--force", "--interval=15min"],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    setup = ["journalctl", "--setup-keys", "--force", f"--interval={SEALING_INTERVAL}s"]
+    made = subprocess.run(setup, capture_output=True, text=True, check=False)
     if made.returncode != 0:
         print(f"journalctl --setup-keys failed: {made.stderr.strip()}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ from hsm.vault import write_private_file
 
 __all__ = [
     "ROTATE_REQUEST",
+    "SEALING_INTERVAL",
     "VERIFICATION_KEY",
     "evolve_sealing_key",
     "keep_verification_key",
@@ -29,6 +30,7 @@ __all__ = [
 VERIFICATION_KEY = "journal-verification-key"
 JOURNAL_DIR = Path("/var/log/journal")
 KEY_TAKEN = "journal-verification-key.taken"
+SEALING_INTERVAL = 15 * 60  # seconds: journald seals and evolves its key this often
 ROTATE_REQUEST = "rotate-journal"  # in the engine's runtime directory: see verify_journal
 
 

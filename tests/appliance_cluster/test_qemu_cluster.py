@@ -20,6 +20,7 @@ import pyotp
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from appliance.sealing import SEALING_INTERVAL
 from qemu.cluster import Cluster
 from qemu.vm import Image, accelerator
 from tests.regtest.harness import RegtestProcess
@@ -182,9 +183,6 @@ def test_4_a_burn_is_paid_by_a_transaction_bitcoin_core_accepts(appliances: Appl
     pay_one_burn(appliances, "qemu-burn-1", appliances.consoles)
     wait_until(lambda: appliances.wire.paid_reports, within=120, pause=2,
                what="the paid report reached the Wire system")  # fmt: skip
-
-
-SEALING_INTERVAL = 900  # the journal's sealing interval on the image (appliance/boot.py)
 
 
 def clear_of_a_sealing_boundary(span: float = 150.0) -> float:
