@@ -60,25 +60,32 @@ def address_of_script(script: bytes, network: str) -> str:
     if kind not in ("p2tr", "p2wsh", "p2wpkh"):
         raise AddressError(f"no segwit address for script {script.hex()}")
     version = 1 if kind == "p2tr" else 0
-    return str(pubkeyhash_to_addr_bech32(script[2:], prefix=HRP[network], witver=version))
+    # As hex: given bytes, bitcoinlib first tries to read them as a hex string, so a program
+    # whose bytes happen to be ASCII hex digits or spaces would be encoded as another one.
+    program = script[2:].hex()
+    return str(pubkeyhash_to_addr_bech32(program, prefix=HRP[network], witver=version))
 
 
 def script_of_address(address: str, network: str) -> bytes:
     """The scriptPubKey an address pays to; refuses other networks and non-standard types."""
     if not isinstance(address, str) or not 14 <= len(address) <= 90:
         raise AddressError("an address is 14 to 90 characters")
+    # Bech32 has no '1' in its data part: the last one ends the human-readable prefix.
+    prefix = address.lower().rsplit("1", 1)[0]
+    if prefix in HRP.values():
+        # Decoded here, not by bitcoinlib's Address, which takes some valid programs (those
+        # whose bytes read as hex text) for malformed ones.
+        if prefix != HRP[network]:
+            raise AddressError(f"{address!r} is not a {network} address (prefix {prefix})")
+        return _segwit_script(address)
     try:
         parsed = Address.parse(address)
     except Exception as exc:  # bitcoinlib raises several kinds for bad input; all mean "invalid"
         raise AddressError(f"{address!r} is not a valid address: {exc}") from exc
     if parsed.network.name not in _BITCOINLIB_NETWORK[network]:
         raise AddressError(f"{address!r} is a {parsed.network.name} address, not {network}")
-    if network in ("regtest", "testnet", "signet") and parsed.encoding == "bech32":
-        prefix = address.lower().split("1", 1)[0]
-        if prefix != HRP[network]:
-            raise AddressError(f"{address!r} is not a {network} address (prefix {prefix})")
     if parsed.encoding == "bech32":
-        return _segwit_script(address)
+        raise AddressError(f"{address!r} has an unknown segwit prefix")
     program = bytes(parsed.hash_bytes)
     kind = parsed.script_type
     if kind == "p2tr" and len(program) == 32:

@@ -8,6 +8,7 @@ import pytest
 from appliance.chain.address import (
     AddressError,
     address_of_script,
+    p2tr_script,
     script_of_address,
     script_type,
 )
@@ -80,3 +81,13 @@ def test_the_witness_version_decides_the_output_type() -> None:
     assert script_of_address(
         pubkeyhash_to_addr_bech32(bytes(range(20)), prefix="bc", witver=0), "mainnet"
     ) == b"\x00\x14" + bytes(range(20))
+
+
+@pytest.mark.parametrize("program", [b"0123456789abcdef" * 2, b"\n" * 32, b" 0a" * 10 + b"00"])
+def test_programs_that_look_like_hex_text_keep_their_bytes(program: bytes) -> None:
+    """Witness programs whose bytes are ASCII hex digits or white space are still addresses
+    of exactly those bytes (bitcoinlib reads such bytes as hex text if given bytes)."""
+    for script in (p2tr_script(program), b"\x00\x20" + program):
+        for network in ("mainnet", "regtest"):
+            address = address_of_script(script, network)
+            assert script_of_address(address, network) == script

@@ -154,10 +154,18 @@ def test_other_witness_versions_are_not_paid_as_known_types(wire, policy, versio
     assert refusal(fetch_one(wire), policy).reason == "bad-destination"
 
 
-def test_address_the_parser_chokes_on_is_refused_not_raised(wire, policy) -> None:
-    """Upper-case bech32 is valid (BIP173) but the parser fails on it with an error of its
-    own; that must come out as a refusal, not as an exception the caller does not expect."""
+def test_upper_case_bech32_pays_the_same_script(wire, policy) -> None:
+    """Upper-case bech32 is valid (BIP173): it names the same output as lower case."""
     wire.burn(ADDRESS.upper(), 50_000)
+    upper = verify_burn(fetch_one(wire), policy, never_seen)
+    wire.burn(ADDRESS, 50_000)
+    assert upper.script == verify_burn(fetch_one(wire), policy, never_seen).script
+
+
+def test_an_address_the_parser_chokes_on_is_refused_not_raised(wire, policy) -> None:
+    """A base58 string the parser fails on with an error of its own comes out as a
+    refusal, not as an exception the caller does not expect."""
+    wire.burn("1" * 34, 50_000)
     assert refusal(fetch_one(wire), policy).reason == "bad-destination"
 
 
