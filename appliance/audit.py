@@ -192,6 +192,16 @@ EVENTS: Final[dict[str, AuditEvent]] = {
         journal.LOG_NOTICE,
         "a burn's withdrawal confirmed and was reported to the Wire system",
     ),
+    "burn.unpaid": AuditEvent(
+        "60e17d607d3f4a1d9097cc7fa4d16213",
+        journal.LOG_CRIT,
+        "a burn reported paid is no longer paid by the payout chain (a deep reorg)",
+    ),
+    "payout.record-learned": AuditEvent(
+        "f8b765f23b854d479475ad0052604ff3",
+        journal.LOG_INFO,
+        "the burn ids of a payout transaction were learned from a peer, matching its commitment",
+    ),
     "withdrawal.signed": AuditEvent(
         "b0cf3201dcd44f32b1fb847c31debcaf",
         journal.LOG_NOTICE,

@@ -57,7 +57,12 @@ from appliance.workflows.mint import (
     attestation_request,
     check_mint_attestation,
 )
-from appliance.workflows.payouts import APPROVAL_ROUND, Payouts
+from appliance.workflows.payouts import (
+    APPROVAL_ROUND,
+    RECORD_ROUND,
+    RECORDS_WANTED_ROUND,
+    Payouts,
+)
 from appliance.workflows.withdrawal import CONSOLIDATION, WITHDRAWAL, check_payout
 from hsm.backup import (
     Passphrase,
@@ -223,11 +228,20 @@ class Engine:
         if envelope.round == "sign.blame":
             self._judge_blame(envelope)
             return
-        if envelope.round == APPROVAL_ROUND:
-            problem = self.payouts.receive_approval(envelope.sender, envelope.payload)
+        payout_rounds = {
+            APPROVAL_ROUND: self.payouts.receive_approval,
+            RECORDS_WANTED_ROUND: self.payouts.receive_records_wanted,
+            RECORD_ROUND: self.payouts.receive_record,
+        }
+        if envelope.round in payout_rounds:
+            problem = payout_rounds[envelope.round](envelope.sender, envelope.payload)
             if problem is not None:
-                self.refuse("mesh.message-rejected", "malformed",
-                            {"peer": str(envelope.sender), "detail": problem})  # fmt: skip
+                reason, detail = problem
+                self.refuse(
+                    "mesh.message-rejected",
+                    reason,
+                    {"peer": str(envelope.sender), "detail": detail},
+                )
             return
         ceremony = self.ceremonies.get(envelope.ceremony_id)
         if ceremony is not None:

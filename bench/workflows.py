@@ -246,6 +246,7 @@ def taken_on(cluster: DevCluster, burn_ids: set[str]) -> bool:
 def burns_to_withdrawal(
     cluster: DevCluster, node: RegtestProcess, wire: WireSimulator
 ) -> dict[str, Any]:
+    node.call("sendtoaddress", cluster.custody_address(), "0.0001")  # the payout chain's genesis
     for member in cluster.nodes.values():
         address = member.call("deposit-address", recipient="wire:treasury")["address"]
     for _ in range(WITHDRAWAL_ROUNDS):

@@ -238,6 +238,10 @@ def main() -> int:
         print(f"   deposit address {address} (the same on every node: "
               f"{len({a['address'] for a in answers}) == 1})")  # fmt: skip
         deposit_txid = bitcoind.call("sendtoaddress", address, "0.5")
+        chain = consoles[0].run("payouts")["payout_chain"]
+        genesis_txid = bitcoind.call("sendtoaddress", chain["custody_address"], "0.0001")
+        print(f"   and 10000 sat to the custody address {chain['custody_address']}:")
+        print("   its first output is the genesis of the payout chain every withdrawal extends")
         bitcoind.call("generatetoaddress", 6, bitcoind.call("getnewaddress"))
         tip = bitcoind.call("getblockcount")
         seen = wait_for_view(consoles, tip)
@@ -250,8 +254,12 @@ def main() -> int:
             "address": address,
             "txid": deposit_txid,
             "confirmations": 6,
-            "seen_by_every_node": all(v["custody_sats"] == 50_000_000 for v in seen.values()),
+            "seen_by_every_node": all(v["custody_sats"] == 50_010_000 for v in seen.values()),
+            "payout_chain_genesis": consoles[0].run("payouts")["payout_chain"]["genesis"],
         }
+        if not str(deposit["payout_chain_genesis"]).startswith(genesis_txid):
+            print(f"   the payout chain did not start at {genesis_txid}: {deposit}")
+            return 1
 
         step("the mint attestation: `mpc_operator test-attestation` (node 1 coordinates)")
         mark = time.perf_counter()

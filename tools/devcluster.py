@@ -321,6 +321,18 @@ class DevCluster:
         self.stop()
         shutil.rmtree(self.socket_dir, ignore_errors=True)
 
+    def custody_address(self) -> str:
+        """The custody key's own address, as every running node shows it (after the DKG):
+        its first output, once confirmed, is the genesis of the payout chain."""
+        addresses = {
+            node.call("payouts")["payout_chain"]["custody_address"]
+            for node in self.nodes.values()
+            if node.running()
+        }
+        if len(addresses) != 1:
+            raise RuntimeError(f"the nodes disagree on the custody address: {addresses}")
+        return addresses.pop()
+
     def __enter__(self) -> DevCluster:
         self.create()
         self.start()

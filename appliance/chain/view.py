@@ -18,7 +18,9 @@ from appliance.frost import Tweak
 from appliance.store import ChainRecords
 from appliance.store.chain import DepositRow, OutputRow
 
+from .commitment import commitment_of
 from .custody import CustodyOutput
+from .payout_chain import PayoutChain, SpendFacts, follow
 from .transaction import Block
 from .withdrawal import Spendable
 
@@ -109,15 +111,20 @@ class ChainView:
             self._scan(block_hash, block)
 
     def _scan(self, block_hash: str, block: Block) -> None:
-        outputs, spends = [], []
+        outputs, spends, spenders = [], [], []
         watched, outpoints = self._watched, self._outpoints
         for tx in block.transactions:
             txid = tx.txid_hex
             if not tx.is_coinbase:
+                spending = False
                 for txin in tx.inputs:
                     spent = (txin.prevout.txid_hex, txin.prevout.index)
                     if spent in outpoints:
                         spends.append((spent[0], spent[1], txid))
+                        spending = True
+                if spending:
+                    paid_out = sum(out.amount for out in tx.outputs[1:])
+                    spenders.append((txid, commitment_of(tx), paid_out))
             for vout, out in enumerate(tx.outputs):
                 if out.script_pubkey in watched:
                     outputs.append((txid, vout, out.amount, out.script_pubkey))
@@ -126,6 +133,7 @@ class ChainView:
             self.records.add_outputs(block_hash, outputs)
         if spends:
             self.records.add_spends(block_hash, spends)
+            self.records.add_spenders(spenders)
 
     def _deposits_removed(self, disconnected: list[str]) -> list[DepositRow]:
         """Settle the reported deposits of disconnected blocks; returns those whose output is
@@ -235,7 +243,39 @@ class ChainView:
 
     def spendables(self, kinds: Sequence[str] | None = None) -> list[Spendable]:
         """The custody key's unspent outputs, each with the tweaks that sign for it."""
-        return [
-            Spendable(o.txid, o.vout, o.amount, o.script, self.tweaks_of(o.script))
-            for o in self.unspent(kinds)
-        ]
+        return [self.spendable(o) for o in self.unspent(kinds)]
+
+    # -- the payout chain ----------------------------------------------------------------
+    def follow_payouts(self, burns_of: Callable[[str], Sequence[str] | None]) -> PayoutChain:
+        """The payout chain on this view; `burns_of` gives the burn ids this node holds for a
+        transaction (checked against its commitment before they count)."""
+        return follow(_ViewFacts(self, burns_of))
+
+    def spendable(self, row: OutputRow) -> Spendable:
+        return Spendable(row.txid, row.vout, row.amount, row.script, self.tweaks_of(row.script))
+
+
+class _ViewFacts:
+    """`PayoutFacts` read from a chain view's records."""
+
+    def __init__(self, view: ChainView, burns_of: Callable[[str], Sequence[str] | None]) -> None:
+        self.view = view
+        self.records = view.records
+        self._burns_of = burns_of
+
+    def burns_of(self, txid: str) -> Sequence[str] | None:
+        return self._burns_of(txid)
+
+    def genesis(self) -> tuple[str, int] | None:
+        tip = self.view.tip
+        if tip is None:
+            return None
+        return self.records.first_custody_output(tip[1] - self.view.required_confirmations() + 1)
+
+    def spender(self, outpoint: tuple[str, int]) -> SpendFacts | None:
+        found = self.records.spend_facts(*outpoint)
+        return None if found is None else SpendFacts(*found)
+
+    def custody_output(self, outpoint: tuple[str, int]) -> Spendable | None:
+        row = self.records.custody_output(*outpoint)
+        return None if row is None else self.view.spendable(row)

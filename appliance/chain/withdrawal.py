@@ -1,8 +1,16 @@
 """Building the custody key's transactions: batched payouts with deterministic coin
-selection, change back to the custody key, RBF signalled, fees from a rate, dust and size
-limits, and replacement of a stuck transaction with the same inputs.
+selection, RBF signalled, fees from a rate, dust and size limits, and replacement of a stuck
+transaction with the same inputs; the fee reservoir's sweep.
 
-Every node builds the same transaction from the same inputs (payouts, UTXOs, fee rate), so
+A withdrawal always has the same shape, so that Bitcoin decides between two of them:
+
+    inputs   0: the main custody output (the previous withdrawal's output 0, or the genesis)
+             1..: other custody and deposit outputs, in outpoint order
+    outputs  0: change to the custody key: the next main custody output (never dust)
+             1: OP_RETURN commitment to the burn ids paid (`appliance.chain.commitment`)
+             2..: the payouts, in burn id order
+
+Every node builds the same transaction from the same facts (payouts, outputs, fee rate), so
 a coordinator's proposal can be checked byte for byte against a node's own view.
 """
 
@@ -15,6 +23,7 @@ from dataclasses import dataclass
 from appliance.frost import Tweak
 
 from .address import DUST, script_type
+from .commitment import commitment_script
 from .transaction import (
     Outpoint,
     SighashCache,
@@ -115,104 +124,128 @@ def _check_payouts(payouts: Sequence[Payout]) -> list[Payout]:
     return sorted(payouts, key=lambda p: p.reference)
 
 
-def _transaction(
-    spent: Sequence[Spendable], payouts: Sequence[Payout], change: int, change_script: bytes
-) -> Transaction:
-    outputs = [TxOut(p.amount, p.script) for p in payouts]
-    if change:
-        outputs.append(TxOut(change, change_script))
+def _transaction(spent: Sequence[Spendable], outputs: Sequence[TxOut]) -> Transaction:
     inputs = tuple(TxIn(s.outpoint, b"", RBF_SEQUENCE) for s in spent)
     return Transaction(2, inputs, tuple(outputs), 0)
 
 
-def _vsize(inputs: int, payouts: Sequence[Payout], change_script: bytes | None) -> int:
+def _vsize(inputs: int, scripts: Sequence[bytes]) -> int:
     """The virtual size of the signed transaction, computed without building it."""
-    scripts = [p.script for p in payouts] + ([change_script] if change_script else [])
     base = 4 + len(compact_size(inputs)) + inputs * 41 + len(compact_size(len(scripts))) + 4
     base += sum(8 + len(compact_size(len(s))) + len(s) for s in scripts)
     witness = 2 + inputs * (1 + 1 + 64)  # marker and flag; per input one 64-byte item
     return (base * 4 + witness + 3) // 4
 
 
+def _outpoint_order(spendable: Spendable) -> tuple[str, int]:
+    return spendable.txid, spendable.vout
+
+
 def _settle(
-    spent: Sequence[Spendable],
+    main: Spendable,
+    extras: Sequence[Spendable],
     payouts: Sequence[Payout],
     change_script: bytes,
     fee_rate: float,
 ) -> WithdrawalPlan | None:
-    """The plan spending exactly `spent`, or None if they do not cover payouts and fee."""
-    total_in = sum(s.amount for s in spent)
-    total_out = sum(p.amount for p in payouts)
-    with_change = _vsize(len(spent), payouts, change_script)
-    fee = math.ceil(fee_rate * with_change)
-    change = total_in - total_out - fee
-    if change >= DUST["p2tr"]:
-        tx = _transaction(spent, payouts, change, change_script)
-        return WithdrawalPlan(tx, tuple(spent), tuple(payouts), change, fee, fee / with_change)
-    without = _vsize(len(spent), payouts, None)
-    fee = total_in - total_out  # no change: everything left is fee
-    if fee < math.ceil(fee_rate * without):
+    """The withdrawal spending exactly `main` and `extras`, or None if they cannot pay the
+    payouts and the fee and still leave a main output above dust."""
+    spent = (main, *sorted(extras, key=_outpoint_order))
+    commitment = commitment_script(p.reference for p in payouts)
+    scripts = [change_script, commitment, *(p.script for p in payouts)]
+    vsize = _vsize(len(spent), scripts)
+    fee = math.ceil(fee_rate * vsize)
+    change = sum(s.amount for s in spent) - sum(p.amount for p in payouts) - fee
+    if change < DUST["p2tr"]:
         return None
-    tx = _transaction(spent, payouts, 0, change_script)
-    return WithdrawalPlan(tx, tuple(spent), tuple(payouts), 0, fee, fee / without)
+    outputs = [TxOut(change, change_script), TxOut(0, commitment)]
+    outputs += [TxOut(p.amount, p.script) for p in payouts]
+    tx = _transaction(spent, outputs)
+    return WithdrawalPlan(tx, spent, tuple(payouts), change, fee, fee / vsize)
+
+
+def _check_inputs(main: Spendable, extras: Sequence[Spendable]) -> None:
+    outpoints = [_outpoint_order(s) for s in (main, *extras)]
+    if len(set(outpoints)) != len(outpoints):
+        raise WithdrawalError("an output is spent twice, or the main output is among the others")
+    if len(outpoints) > MAX_INPUTS:
+        raise WithdrawalError(f"{len(outpoints)} inputs exceed the limit of {MAX_INPUTS}")
+
+
+def _within_size(plan: WithdrawalPlan) -> WithdrawalPlan:
+    signed = plan.transaction.with_witnesses([KEY_PATH_WITNESS] * len(plan.spent))
+    if signed.vsize > MAX_VSIZE:
+        raise WithdrawalError(f"the withdrawal would exceed {MAX_VSIZE} vB; split it")
+    return plan
 
 
 def build_withdrawal(
     payouts: Sequence[Payout],
+    main: Spendable,
     available: Sequence[Spendable],
     change_script: bytes,
     fee_rate: float,
 ) -> WithdrawalPlan:
-    """Pay `payouts` from the custody outputs: largest outputs first (ties by outpoint)
-    until payouts and fee are covered; change back to the custody key unless it is dust."""
+    """Pay `payouts` from the main custody output and, largest first (ties by outpoint), as
+    many other outputs of `available` as payouts, fee and a main output above dust need."""
     ordered_payouts = _check_payouts(payouts)
-    candidates = sorted(available, key=lambda s: (-s.amount, s.txid, s.vout))
+    candidates = sorted(
+        (s for s in available if _outpoint_order(s) != _outpoint_order(main)),
+        key=lambda s: (-s.amount, s.txid, s.vout),
+    )
     chosen: list[Spendable] = []
-    for spendable in candidates:
-        chosen.append(spendable)
-        if len(chosen) > MAX_INPUTS:
+    for spendable in [None, *candidates]:
+        if spendable is not None:
+            chosen.append(spendable)
+        if len(chosen) + 1 > MAX_INPUTS:
             break
-        plan = _settle(sorted(chosen, key=lambda s: (s.txid, s.vout)), ordered_payouts,
-                       change_script, fee_rate)  # fmt: skip
+        plan = _settle(main, chosen, ordered_payouts, change_script, fee_rate)
         if plan is not None:
-            if plan.transaction.with_witnesses([KEY_PATH_WITNESS] * len(chosen)).vsize > MAX_VSIZE:
-                raise WithdrawalError(f"the withdrawal would exceed {MAX_VSIZE} vB; split it")
-            return plan
+            return _within_size(plan)
     need = sum(p.amount for p in ordered_payouts)
-    have = sum(s.amount for s in candidates[:MAX_INPUTS])
+    have = main.amount + sum(s.amount for s in candidates[: MAX_INPUTS - 1])
     raise WithdrawalError(
         f"custody outputs ({have} sat in at most {MAX_INPUTS} inputs) cannot pay {need} sat "
-        f"plus the fee at {fee_rate:.2f} sat/vB"
+        f"plus the fee at {fee_rate:.2f} sat/vB and keep a main output"
     )
+
+
+def spend_exactly(
+    payouts: Sequence[Payout],
+    main: Spendable,
+    extras: Sequence[Spendable],
+    change_script: bytes,
+    fee_rate: float,
+) -> WithdrawalPlan:
+    """The withdrawal paying `payouts` from exactly `main` and `extras` (a replacement's
+    inputs, fixed once the first transaction was signed)."""
+    _check_inputs(main, extras)
+    plan = _settle(main, extras, _check_payouts(payouts), change_script, fee_rate)
+    if plan is None:
+        raise WithdrawalError(
+            f"these inputs cannot pay the payouts at {fee_rate:.2f} sat/vB and keep a main output"
+        )
+    return _within_size(plan)
 
 
 def replace_withdrawal(
     plan: WithdrawalPlan, fee_rate: float, change_script: bytes
 ) -> WithdrawalPlan:
     """The same payouts from the same inputs at a higher fee rate (BIP125 replacement): it
-    conflicts with the original, so at most one of them can ever confirm."""
+    spends the same main output, so at most one of the two can ever confirm."""
     if fee_rate <= plan.fee_rate:
         raise WithdrawalError("a replacement must pay a higher fee rate")
-    replacement = _settle(plan.spent, plan.payouts, change_script, fee_rate)
-    if replacement is None:
+    try:
+        replacement = spend_exactly(
+            plan.payouts, plan.spent[0], plan.spent[1:], change_script, fee_rate
+        )
+    except WithdrawalError as exc:
         raise WithdrawalError(
             f"the inputs cannot pay {fee_rate:.2f} sat/vB; the stuck transaction stays"
-        )
+        ) from exc
     if replacement.fee <= plan.fee:
         raise WithdrawalError("a replacement must pay a higher absolute fee")
     return replacement
-
-
-def spend_exactly(
-    spent: Sequence[Spendable], payouts: Sequence[Payout], change_script: bytes, fee_rate: float
-) -> WithdrawalPlan:
-    """The plan paying `payouts` from exactly `spent` (a replacement's inputs, fixed once the
-    first transaction was signed)."""
-    plan = _settle(sorted(spent, key=lambda s: (s.txid, s.vout)), _check_payouts(payouts),
-                   change_script, fee_rate)  # fmt: skip
-    if plan is None:
-        raise WithdrawalError(f"these inputs cannot pay the payouts at {fee_rate:.2f} sat/vB")
-    return plan
 
 
 def build_sweep(spent: Sequence[Spendable], script: bytes, fee_rate: float) -> WithdrawalPlan:
@@ -224,8 +257,8 @@ def build_sweep(spent: Sequence[Spendable], script: bytes, fee_rate: float) -> W
     kind = script_type(script)
     if kind is None:
         raise WithdrawalError("the sweep would pay a non-standard script")
-    ordered = sorted(spent, key=lambda s: (s.txid, s.vout))
-    vsize = _vsize(len(ordered), [Payout("sweep", script, 0)], None)
+    ordered = sorted(spent, key=_outpoint_order)
+    vsize = _vsize(len(ordered), [script])
     fee = math.ceil(fee_rate * vsize)
     amount = sum(s.amount for s in ordered) - fee
     if amount < DUST[kind]:
@@ -234,5 +267,5 @@ def build_sweep(spent: Sequence[Spendable], script: bytes, fee_rate: float) -> W
             f"than dust"
         )
     payout = Payout("sweep", script, amount)
-    tx = _transaction(ordered, [payout], 0, script)
+    tx = _transaction(ordered, [TxOut(amount, script)])
     return WithdrawalPlan(tx, tuple(ordered), (payout,), 0, fee, fee / vsize)

@@ -146,6 +146,53 @@ class ChainRecords:
         ).fetchone()
         return None if row is None else (str(row[0]), int(row[1]))
 
+    def add_spenders(self, spenders: Iterable[tuple[str, bytes | None, int]]) -> None:
+        """What the payout chain needs of transactions spending watched outputs: the
+        commitment of their output 1 (if any) and what they pay out beside output 0."""
+        self.db.executemany(
+            "INSERT OR IGNORE INTO spending_transactions VALUES (?, ?, ?)", list(spenders)
+        )
+
+    def spend_facts(self, txid: str, vout: int) -> tuple[str, int, float, bytes | None, int] | None:
+        """The canonical spender of an output: its txid, block height and the block's
+        `seen_at`, its commitment and what it pays out."""
+        row = self.db.execute(
+            "SELECT s.spending_txid, b.height, b.seen_at, t.commitment, t.paid_out FROM spends s"
+            " JOIN blocks b ON b.hash = s.block_hash AND b.canonical = 1"
+            " JOIN spending_transactions t ON t.txid = s.spending_txid"
+            " WHERE s.txid = ? AND s.vout = ?",
+            (txid, vout),
+        ).fetchone()
+        if row is None:
+            return None
+        commitment = None if row[3] is None else bytes(row[3])
+        return str(row[0]), int(row[1]), float(row[2]), commitment, int(row[4])
+
+    def custody_output(self, txid: str, vout: int) -> OutputRow | None:
+        """The output if it pays the custody address itself, in a canonical block."""
+        row = self.db.execute(
+            "SELECT o.txid, o.vout, o.amount, o.script, o.block_hash, b.height FROM outputs o"
+            " JOIN blocks b ON b.hash = o.block_hash AND b.canonical = 1"
+            " JOIN watched_scripts w ON w.script = o.script AND w.kind = 'custody'"
+            " WHERE o.txid = ? AND o.vout = ?",
+            (txid, vout),
+        ).fetchone()
+        if row is None:
+            return None
+        return OutputRow(row[0], int(row[1]), int(row[2]), bytes(row[3]), row[4], int(row[5]))
+
+    def first_custody_output(self, max_height: int) -> tuple[str, int] | None:
+        """The earliest output to the custody address in a canonical block at or below
+        `max_height` (by height, then outpoint): the payout chain's genesis."""
+        row = self.db.execute(
+            "SELECT o.txid, o.vout FROM outputs o"
+            " JOIN blocks b ON b.hash = o.block_hash AND b.canonical = 1"
+            " JOIN watched_scripts w ON w.script = o.script AND w.kind = 'custody'"
+            " WHERE b.height <= ? ORDER BY b.height, o.txid, o.vout LIMIT 1",
+            (max_height,),
+        ).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]))
+
     def watched_outpoints(self) -> set[tuple[str, int]]:
         return {(r[0], int(r[1])) for r in self.db.execute("SELECT txid, vout FROM outputs")}
 

@@ -1,16 +1,18 @@
-"""Burns this node verified and the transactions that pay them.
+"""Burns this node verified, the withdrawals it agreed to, and the ledger of which burns
+each payout transaction pays.
 
-A burn is queued when this node has verified it, bound to one withdrawal when this node
-first agrees to sign it, and paid when that withdrawal confirms. A withdrawal keeps its
-burns and inputs forever; only its fee can change, by a revision spending the same inputs,
-so two transactions paying one burn always conflict and at most one can confirm.
+What a node records here is its own bookkeeping, not what keeps a burn from being paid
+twice: that is the payout chain on Bitcoin (`appliance.chain.payout_chain`), which the
+ledger serves with the burn ids of each transaction. A burn is queued once verified, bound
+while a withdrawal this node agreed to (or a shallow link of the chain) pays it, and paid
+once a link paying it has the confirmations payouts need.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,28 +141,19 @@ class PayoutRecords:
         amount: int,
         revision: RevisionRow,
     ) -> str | None:
-        """Bind burns and inputs to a withdrawal, and record one revision of it; the
-        conflict, if a burn, an input or the revision is bound otherwise (then nothing is
-        recorded)."""
+        """Record a withdrawal this node agrees to sign, and one revision of it; the conflict,
+        if the withdrawal or the revision was recorded with other content (then nothing is
+        recorded). A burn or input in another withdrawal is no conflict: every withdrawal
+        spends the main custody output, so Bitcoin lets at most one of them confirm."""
         with self.store.transaction():
             known = self.withdrawal(withdrawal_id)
             if known is not None:
                 if (known.kind, known.burns, known.inputs) != (kind, tuple(burns), tuple(inputs)):
                     return f"withdrawal {withdrawal_id} was bound with other burns or inputs"
             else:
-                for burn_id in burns:
-                    row = self.burn(burn_id)
-                    if row is None:
-                        return f"burn {burn_id} is not known to this node"
-                    if row.state != "queued":
-                        return f"burn {burn_id} is {row.state} in withdrawal {row.withdrawal}"
-                for txid, vout in inputs:
-                    other = self.db.execute(
-                        "SELECT withdrawal FROM reserved_inputs WHERE txid = ? AND vout = ?",
-                        (txid, vout),
-                    ).fetchone()
-                    if other is not None:
-                        return f"input {txid}:{vout} is spent by withdrawal {other[0]}"
+                missing = [b for b in burns if self.burn(b) is None]
+                if missing:
+                    return f"burn {missing[0]} is not known to this node"
             existing = self.revision(withdrawal_id, revision.revision)
             if existing is not None:
                 if existing.txid != revision.txid:
@@ -183,11 +176,12 @@ class PayoutRecords:
                     ),
                 )
                 self.db.executemany(
-                    "INSERT INTO reserved_inputs VALUES (?, ?, ?)",
+                    "INSERT OR REPLACE INTO reserved_inputs VALUES (?, ?, ?)",
                     [(txid, vout, withdrawal_id) for txid, vout in inputs],
                 )
                 self.db.executemany(
-                    "UPDATE burns SET state = 'bound', withdrawal = ? WHERE burn_id = ?",
+                    "UPDATE burns SET state = 'bound', withdrawal = ? WHERE burn_id = ?"
+                    " AND state != 'paid'",
                     [(withdrawal_id, burn_id) for burn_id in burns],
                 )
             self.db.execute(
@@ -201,7 +195,59 @@ class PayoutRecords:
                     json.dumps(revision.proposal, sort_keys=True),
                 ),
             )
+            if kind == "withdrawal":
+                self._record_paid_burns(revision.txid, burns, "agreed")
         return None
+
+    # -- the ledger: which burns each payout transaction pays ---------------------------------
+    def record_paid_burns(self, txid: str, burns: Sequence[str], source: str) -> None:
+        """The burn ids a payout transaction commits to, checked against the commitment by
+        the caller (and again by the payout chain whenever it reads them)."""
+        with self.store.transaction():
+            self._record_paid_burns(txid, burns, source)
+
+    def _record_paid_burns(self, txid: str, burns: Sequence[str], source: str) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO payout_ledger VALUES (?, ?, ?, ?)",
+            (txid, json.dumps(sorted(burns)), source, time.time()),
+        )
+
+    def paid_burns(self, txid: str) -> list[str] | None:
+        row = self.db.execute("SELECT burns FROM payout_ledger WHERE txid = ?", (txid,)).fetchone()
+        return None if row is None else [str(b) for b in json.loads(row[0])]
+
+    def settle_burns(
+        self, paid: Mapping[str, str], pending: Mapping[str, str | None]
+    ) -> tuple[list[BurnRow], list[BurnRow]]:
+        """Set every burn's state from the payout chain: `paid` maps the burns of links with
+        the confirmations payouts need to their transaction; `pending` the burns of shallow
+        links and of open withdrawals to the withdrawal, if this node holds one. Returns the
+        burns newly paid, and those paid before that the chain no longer pays so (a reorg
+        deeper than the confirmations payouts need)."""
+        newly_paid: list[BurnRow] = []
+        unpaid: list[BurnRow] = []
+        with self.store.transaction():
+            rows = self._burns(self.db.execute(f"{_BURN} ORDER BY received_at, burn_id"))
+            for burn in rows:
+                target: tuple[str, str | None, str | None]
+                if burn.burn_id in paid:
+                    target = ("paid", burn.withdrawal, paid[burn.burn_id])
+                elif burn.burn_id in pending:
+                    target = ("bound", pending[burn.burn_id] or burn.withdrawal, None)
+                else:
+                    target = ("queued", None, None)
+                if target == (burn.state, burn.withdrawal, burn.paid_txid):
+                    continue
+                if target[0] == "paid":
+                    newly_paid.append(burn)
+                if burn.state == "paid":
+                    unpaid.append(burn)
+                self.db.execute(
+                    "UPDATE burns SET state = ?, withdrawal = ?, paid_txid = ?, reported = 0"
+                    " WHERE burn_id = ?",
+                    (*target, burn.burn_id),
+                )
+        return newly_paid, unpaid
 
     def withdrawal(self, withdrawal_id: str) -> WithdrawalRow | None:
         rows = self._withdrawals(self.db.execute(f"{_WITHDRAWAL} WHERE id = ?", (withdrawal_id,)))
@@ -261,32 +307,31 @@ class PayoutRecords:
             )
 
     def record_confirmed(self, withdrawal_id: str, txid: str, height: int) -> None:
-        """The withdrawal confirmed as `txid`: its burns are paid."""
+        """The withdrawal confirmed as `txid` (its burns are settled from the chain)."""
         with self.store.transaction():
             self.db.execute(
                 "UPDATE withdrawals SET state = 'confirmed', confirmed_txid = ?,"
                 " confirmed_height = ? WHERE id = ?",
                 (txid, height, withdrawal_id),
             )
-            self.db.execute(
-                "UPDATE burns SET state = 'paid', paid_txid = ? WHERE withdrawal = ?",
-                (txid, withdrawal_id),
-            )
             self.db.execute("DELETE FROM reserved_inputs WHERE withdrawal = ?", (withdrawal_id,))
 
     def record_conflicted(self, withdrawal_id: str, spender: str) -> None:
         """An input was spent by a transaction that is none of the withdrawal's revisions:
-        none of them can ever confirm. Its burns stay bound (an operator decides)."""
+        none of them can ever confirm. Its burns go back to what the chain says of them."""
         with self.store.transaction():
             self.db.execute(
                 "UPDATE withdrawals SET state = 'conflicted', confirmed_txid = ? WHERE id = ?",
                 (spender, withdrawal_id),
             )
+            self.db.execute("DELETE FROM reserved_inputs WHERE withdrawal = ?", (withdrawal_id,))
 
-    def outflow_since(self, since: float, excluding: str | None = None) -> int:
+    def consolidated_since(self, since: float, excluding: str | None = None) -> int:
+        """What the consolidations this node agreed to since `since` move (withdrawals are
+        counted from the payout chain instead)."""
         row = self.db.execute(
             "SELECT COALESCE(SUM(amount), 0) FROM withdrawals WHERE created_at >= ?"
-            " AND id IS NOT ? AND state != 'conflicted'",
+            " AND id IS NOT ? AND state != 'conflicted' AND kind = 'consolidation'",
             (since, excluding),
         ).fetchone()
         return int(row[0])

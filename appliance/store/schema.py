@@ -200,4 +200,21 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        6,
+        """
+        CREATE TABLE spending_transactions (
+            txid       TEXT PRIMARY KEY,
+            commitment BLOB,
+            paid_out   INTEGER NOT NULL
+        );
+        CREATE TABLE payout_ledger (
+            txid        TEXT PRIMARY KEY,
+            burns       TEXT NOT NULL,
+            source      TEXT NOT NULL,
+            recorded_at REAL NOT NULL
+        );
+        CREATE INDEX spends_by_output ON spends (txid, vout);
+        """,
+    ),
 ]

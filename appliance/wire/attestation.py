@@ -29,6 +29,7 @@ __all__ = [
     "VERSION",
     "AttestationError",
     "MintAttestation",
+    "MintLedger",
     "verify",
 ]
 
@@ -236,3 +237,39 @@ def verify(attestation_bytes: bytes, signature: bytes, group_key: bytes) -> Mint
     except ValueError as exc:
         raise AttestationError(f"group_key: not an Ed25519 public key ({exc})") from None
     return MintAttestation.decode(attestation_bytes)
+
+
+class MintLedger:
+    """The rule the Wire system must apply, as a reference: verify under the pinned group key,
+    parse strictly, check the network, and mint at most once per deposit output, keyed on
+    (network, txid, vout) and nothing else.
+
+    The cluster may sign more than one attestation of a deposit: a coordinator with t-1
+    colluders can have two disjoint sets of honest nodes each sign one (under different
+    sequence numbers), and after a reorg the same output is confirmed in another block. All
+    of them state the same output, amount and recipient, which every honest signer checked
+    against its own chain; only the mint-once rule makes them one mint.
+    """
+
+    def __init__(self, group_key: bytes, network: str) -> None:
+        if network not in NETWORKS:
+            raise AttestationError(f"network: must be one of {', '.join(NETWORKS)}")
+        self.group_key = group_key
+        self.network = network
+        self.minted: dict[tuple[str, str, int], MintAttestation] = {}
+
+    def mint(self, attestation_bytes: bytes, signature: bytes) -> MintAttestation | None:
+        """The attestation to mint for, or None if its deposit output was minted already;
+        raises `AttestationError` for anything that is not a valid attestation of this
+        network."""
+        attestation = verify(attestation_bytes, signature, self.group_key)
+        if attestation.network != self.network:
+            raise AttestationError(
+                f"network: the attestation is for {attestation.network}, this Wire system "
+                f"serves {self.network}"
+            )
+        output = (attestation.network, attestation.txid, attestation.vout)
+        if output in self.minted:
+            return None
+        self.minted[output] = attestation
+        return attestation

@@ -1,10 +1,13 @@
 """Burns to withdrawals, and the fee reservoir's consolidation, as one node runs them.
 
-Every node takes burns from the Wire system's feed and verifies each itself; follows its
-withdrawals on its own chain view to their confirmations; and applies the payout policy
-(`appliance.workflows.withdrawal`) to every proposal it is asked to sign. The lead node also
-coordinates: it proposes a batch of queued burns, has it signed, broadcasts it, replaces it
-when it is stuck, and reports paid burns to the Wire system.
+Every node takes burns from the Wire system's feed and verifies each itself; follows the
+payout chain and its withdrawals on its own chain view to their confirmations (asking its
+peers for the burn ids of links it did not sign, and believing them only if they match the
+link's commitment); and applies the payout policy (`appliance.workflows.withdrawal`) to
+every proposal it is asked to sign. The lead node also coordinates: it proposes a batch of
+queued burns spending the main custody output, has it signed, broadcasts it, replaces it
+when it is stuck, and reports paid burns to the Wire system. One withdrawal is open at a
+time: the next spends the main output the last one made, once that has confirmed.
 
 Progress is written to SQLite before each external effect — bound before the ceremony,
 signed transaction recorded before broadcast, confirmation recorded before the report — and
@@ -27,8 +30,10 @@ from typing import TYPE_CHECKING, Any
 from appliance.ceremony.requests import SigningRefused
 from appliance.chain.address import AddressError, address_of_script, script_of_address
 from appliance.chain.broadcast import BroadcastRefused, broadcast
+from appliance.chain.commitment import burns_digest
 from appliance.chain.custody import CustodyKey
 from appliance.chain.fees import bumped_fee_rate, estimate_fee_rate, is_stuck
+from appliance.chain.payout_chain import PayoutChain
 from appliance.chain.rpc import BitcoindError, RpcProtocolError
 from appliance.chain.service import ChainService
 from appliance.chain.transaction import parse_transaction
@@ -73,6 +78,10 @@ FEED_CURSOR = "burn-feed-cursor"
 POLICY = "policy"
 APPROVAL_ROUND = "burn.approval"
 APPROVAL_SECONDS = 3600
+RECORDS_WANTED_ROUND = "payout.records-wanted"
+RECORD_ROUND = "payout.record"
+RECORDS_PER_REQUEST = 64
+ASK_AGAIN_SECONDS = 5.0
 
 
 class Payouts:
@@ -87,6 +96,7 @@ class Payouts:
         self.feed = BurnFeed(wire.burn_feed_url) if wire.burn_feed_url is not None else None
         self.identity_keys = {p.identifier: p.identity_public_key for p in engine.config.parties}
         self._round = asyncio.Lock()
+        self._asked: dict[str, float] = {}  # txid -> when its burn ids were last asked for
 
     # -- policy ------------------------------------------------------------------------------
     @property
@@ -271,6 +281,10 @@ class Payouts:
             spendables.append(spendable)
         return spendables
 
+    def payout_chain(self) -> PayoutChain:
+        """The payout chain on this node's view, with the burn ids its ledger holds."""
+        return self._bitcoin().view.follow_payouts(self.records.paid_burns)
+
     def _custody(self) -> CustodyKey:
         return self._bitcoin().custody_key(self.engine.group_key("custody"))
 
@@ -338,34 +352,36 @@ class Payouts:
             "required": self.policy.approvals_required,
         }
 
-    def receive_approval(self, sender: int, payload: bytes) -> str | None:
+    def receive_approval(self, sender: int, payload: bytes) -> tuple[str, str] | None:
         """A peer's approval; kept if it is that peer's (verified again at each use)."""
         try:
             body = json.loads(payload)
             burn_id, approver = str(body["burn_id"]), int(body["approver"])
             signature = bytes.fromhex(body["signature"])
         except (ValueError, KeyError, TypeError) as exc:
-            return f"malformed approval: {exc}"
+            return "malformed", f"malformed approval: {exc}"
         if approver != sender or len(signature) != 64 or len(burn_id) > 128:
-            return "an approval must be the sender's own"
+            return "malformed", "an approval must be the sender's own"
         self.records.add_approval(burn_id, approver, signature)
         return None
 
     # -- coordinating -----------------------------------------------------------------------
     async def run(self, actor: str) -> dict[str, Any]:
-        """One round: read the feed, finish open withdrawals, pay queued burns in a batch."""
+        """One round: read the feed, follow and finish open withdrawals, and pay queued burns
+        in a batch when no withdrawal is open."""
         async with self._round:
             intake = await self.poll_feed()
             results = await self._follow()
             results += [await self._drive(w, actor) for w in self._unfinished()]
-            proposal = await self._propose_withdrawal()
+            proposal, waiting = await self._propose_withdrawal()
             if proposal is not None:
                 results.append(await self._sign_and_send(proposal, actor))
-            return {
+            summary = {
                 "intake": intake,
                 "withdrawals": results,
                 "queued": len(self.records.burns("queued")),
             }
+            return summary if waiting is None else {**summary, "waiting": waiting}
 
     async def on_chain_change(self) -> None:
         """Every node reads the feed and follows its withdrawals; the lead, when it pays by
@@ -386,12 +402,29 @@ class Payouts:
         )
 
     def _unfinished(self) -> list[WithdrawalRow]:
-        """Open withdrawals whose latest revision is not signed or not yet on the network."""
+        """Open withdrawals whose latest revision is not signed or not yet on the network
+        (after a crash, or a ceremony that failed)."""
         return [
             w
             for w in self.records.withdrawals(OPEN)
             if w.state != "broadcast" or self.records.latest(w.id).signed is None
         ]
+
+    def _open_withdrawal(self, chain: PayoutChain) -> WithdrawalRow | None:
+        """The withdrawal spending the main output at the end of the chain, not yet in a
+        block: the next one waits for it (a withdrawal is not chained to one that is not
+        on the chain, so one block is enough)."""
+        if chain.main is None:
+            return None
+        main = (chain.main.txid, chain.main.vout)
+        return next(
+            (
+                w
+                for w in self.records.withdrawals(OPEN)
+                if w.kind == WITHDRAWAL and w.inputs[0] == main
+            ),
+            None,
+        )
 
     async def _fee_rate(self) -> int:
         bitcoin = self._bitcoin()
@@ -408,12 +441,25 @@ class Payouts:
             if outpoint not in reserved and confirmations >= required
         ]
 
-    async def _propose_withdrawal(self) -> Proposal | None:
+    async def _propose_withdrawal(self) -> tuple[Proposal | None, str | None]:
+        """The next withdrawal, or why there is none to propose now."""
+        chain = self.payout_chain()
+        refusal = chain.refusal()
+        if refusal is not None:
+            return None, refusal
+        assert chain.main is not None
+        open_one = self._open_withdrawal(chain)
+        if open_one is not None:
+            return None, f"withdrawal {open_one.id} spends the main output; the next spends its own"
         policy = self.policy
+        since = time.time() - DAY
         budget = min(
             policy.max_withdrawal_sats,
-            policy.daily_outflow_sats - self.records.outflow_since(time.time() - DAY),
+            policy.daily_outflow_sats
+            - chain.outflow_since(since)
+            - self.records.consolidated_since(since),
         )
+        paid = chain.paid
         chosen: list[tuple[BurnRow, VerifiedBurn]] = []
         approvals: list[tuple[str, int, bytes]] = []
         total = 0
@@ -421,12 +467,12 @@ class Payouts:
         for row in self.records.burns("queued"):
             if len(chosen) == policy.max_batch:
                 break
-            if total + row.amount > budget:
+            if total + row.amount > budget or row.burn_id in paid:
                 continue
             try:
                 burn = verify_burn(row.entry, burn_policy, lambda _: False)
-            except BurnRefused as refusal:
-                log.warning("queued burn no longer passes this node's policy: %s", refusal)
+            except BurnRefused as refusal_of_burn:
+                log.warning("queued burn no longer passes this node's policy: %s", refusal_of_burn)
                 continue
             if row.amount > policy.approval_above_sats:
                 approvers = self.approvers(burn.record, [])
@@ -437,20 +483,24 @@ class Payouts:
             chosen.append((row, burn))
             total += row.amount
         if not chosen:
-            return None
+            return None, None
         msat = await self._fee_rate()
         payouts = [Payout(r.burn_id, b.script, r.amount) for r, b in chosen]
         try:
             plan = build_withdrawal(
-                payouts, self._available(("custody", "deposit")), self.change_script(), msat / 1000
+                payouts,
+                chain.main,
+                self._available(("custody", "deposit")),
+                self.change_script(),
+                msat / 1000,
             )
         except WithdrawalError as exc:
             self.engine.audit(
                 "withdrawal.failed", "failure", f"no withdrawal for {len(chosen)} burns: {exc}"
             )
-            return None
+            return None, str(exc)
         entries = [r.entry for r, _ in chosen]
-        return first_proposal(WITHDRAWAL, plan, msat, entries, approvals=approvals)
+        return first_proposal(WITHDRAWAL, plan, msat, entries, approvals=approvals), None
 
     async def _sign_and_send(self, proposal: Proposal, actor: str) -> dict[str, Any]:
         """Bind, sign, record, broadcast, record: each step durable before the next."""
@@ -584,10 +634,11 @@ class Payouts:
 
     # -- following --------------------------------------------------------------------------
     async def _follow(self) -> list[dict[str, Any]]:
-        """Every node: confirm or flag its open withdrawals from its own view. The lead also
-        replaces stuck ones and reports paid burns."""
+        """Every node: confirm or flag its open withdrawals from its own view, settle every
+        burn's state from the payout chain, and ask its peers for burn ids it lacks. The
+        lead also replaces stuck withdrawals and reports paid burns."""
         bitcoin = self.engine.chain
-        if bitcoin is None:
+        if bitcoin is None or self.engine.store.active_key("custody") is None:
             return []
         view = bitcoin.view
         tip = view.tip
@@ -615,7 +666,8 @@ class Payouts:
                     "withdrawal.conflicted",
                     "failure",
                     f"{withdrawal.id}: input {withdrawal.inputs[0][0]}:{withdrawal.inputs[0][1]} "
-                    f"was spent by {txid}, none of its transactions; its burns stay bound",
+                    f"was spent by {txid}, none of its transactions; its burns are paid only "
+                    "if that transaction pays them",
                     withdrawal=withdrawal.id,
                     txid=txid,
                 )
@@ -631,9 +683,120 @@ class Payouts:
                     height=height,
                 )
                 crash_point("withdrawal.confirmed")
+        self._settle(self.payout_chain())
         if lead:
             await self.report_paid()
         return bumped
+
+    def _settle(self, chain: PayoutChain) -> None:
+        """Every burn's state from the chain: paid by a link with the confirmations payouts
+        need, bound while a shallow link or an open withdrawal pays it, queued otherwise."""
+        bitcoin = self._bitcoin()
+        if chain.broken is not None:
+            log.error("payout chain: %s", chain.broken)
+        if chain.missing:
+            self.ask_for_records(chain.missing)
+        paid: dict[str, str] = {}
+        pending: dict[str, str | None] = {}
+        for link in chain.links:
+            deep = bitcoin.view.confirmations(link.height) >= bitcoin.config.normal_confirmations
+            for burn_id in link.burns or ():
+                if deep:
+                    paid[burn_id] = link.txid
+                else:
+                    pending[burn_id] = None
+        for withdrawal in self.records.withdrawals(OPEN):
+            if withdrawal.kind == WITHDRAWAL:
+                pending.update({burn_id: withdrawal.id for burn_id in withdrawal.burns})
+        newly_paid, unpaid = self.records.settle_burns(paid, pending)
+        for burn in newly_paid:
+            log.info("burn %s paid by %s", burn.burn_id, paid[burn.burn_id])
+        for burn in unpaid:
+            self.engine.audit(
+                "burn.unpaid",
+                "failure",
+                f"burn {burn.burn_id} was paid by {burn.paid_txid}, which the chain no longer "
+                "holds deep enough (a reorg): it is payable again only as the chain says",
+                burn=burn.burn_id,
+                txid=burn.paid_txid or "",
+            )
+
+    # -- the ledger from peers ------------------------------------------------------------
+    def ask_for_records(self, txids: Sequence[str]) -> None:
+        """Ask every peer for the burn ids of payout transactions this node did not sign (at
+        most every few seconds per transaction)."""
+        now = time.monotonic()
+        wanted = [
+            t for t in txids if now - self._asked.get(t, -ASK_AGAIN_SECONDS) >= ASK_AGAIN_SECONDS
+        ]
+        wanted = wanted[:RECORDS_PER_REQUEST]
+        if not wanted:
+            return
+        for txid in wanted:
+            self._asked[txid] = now
+        payload = json.dumps({"txids": wanted}).encode()
+        digest = hashlib.sha256(payload).hexdigest()[:24]
+        data = self.engine.envelope(f"records-{digest}", RECORDS_WANTED_ROUND, payload)
+        for peer in self.config.peers:
+            self.engine.send(peer.identifier, data)
+
+    def receive_records_wanted(self, sender: int, payload: bytes) -> tuple[str, str] | None:
+        """A peer asks for burn ids: answer with those this node holds, one message each."""
+        try:
+            body = json.loads(payload)
+            txids = body["txids"]
+            if not isinstance(txids, list) or not 0 < len(txids) <= RECORDS_PER_REQUEST:
+                raise ValueError(f"txids must be a list of 1 to {RECORDS_PER_REQUEST}")
+            if not all(isinstance(t, str) and len(t) == 64 for t in txids):
+                raise ValueError("each txid is 64 hex characters")
+        except (ValueError, KeyError, TypeError) as exc:
+            return "malformed", f"request for payout records: {exc}"
+        for txid in txids:
+            burns = self.records.paid_burns(txid)
+            if burns is None:
+                continue
+            answer = json.dumps({"txid": txid, "burns": burns}).encode()
+            data = self.engine.envelope(f"record-{txid[:32]}", RECORD_ROUND, answer)
+            self.engine.send(sender, data)
+        return None
+
+    def receive_record(self, sender: int, payload: bytes) -> tuple[str, str] | None:
+        """A peer's word on the burn ids of a payout transaction: kept only if they hash to
+        the commitment that transaction carries on this node's own chain."""
+        try:
+            body = json.loads(payload)
+            txid, burns = body["txid"], body["burns"]
+            if not isinstance(txid, str) or not isinstance(burns, list):
+                raise ValueError("txid must be a string and burns a list")
+            if not all(isinstance(b, str) for b in burns):
+                raise ValueError("burn ids are strings")
+        except (ValueError, KeyError, TypeError) as exc:
+            return "malformed", f"payout record: {exc}"
+        if self.engine.chain is None or self.engine.store.active_key("custody") is None:
+            return None
+        link = next((x for x in self.payout_chain().links if x.txid == txid), None)
+        if link is None:
+            return None  # not a link of this node's chain (yet): nothing to judge it by
+        try:
+            matches = burns_digest(burns) == link.commitment
+        except (ValueError, UnicodeEncodeError):
+            matches = False
+        if not matches:  # a lie whenever it comes, also after the truth
+            return "false-record", (
+                f"burn ids for payout transaction {txid} that do not match its commitment"
+            )
+        if link.burns is not None:
+            return None  # known already
+        self.engine.audit(
+            "payout.record-learned",
+            "success",
+            f"burn ids of payout transaction {txid} ({len(burns)} burns) learned from "
+            f"party {sender}, matching its commitment",
+            txid=txid,
+            peer=str(sender),
+        )
+        self.records.record_paid_burns(txid, burns, f"peer {sender}")
+        return None
 
     async def _bump(self, withdrawal: WithdrawalRow) -> dict[str, Any]:
         bitcoin = self._bitcoin()
@@ -648,21 +811,22 @@ class Payouts:
             }
         msat = max(math.ceil(rate * 1000), math.floor(latest.fee_rate * 1000) + 1)
         proposal = Proposal.from_json(latest.proposal)
-        spendables = self.own_spendables(
-            proposal.inputs,
-            ("reservoir",) if proposal.kind == CONSOLIDATION else ("custody", "deposit"),
-        )
         try:
             if proposal.kind == CONSOLIDATION:
                 assert proposal.destination is not None
+                spendables = self.own_spendables(proposal.inputs, ("reservoir",))
                 script = self.destination_script(proposal.destination, proposal.forced)
                 plan = build_sweep(spendables, script, msat / 1000)
             else:
+                main = self.payout_chain().main
+                if main is None or (main.txid, main.vout) != proposal.inputs[0]:
+                    raise SigningRefused("its main output is no longer the chain's")
+                extras = self.own_spendables(proposal.inputs[1:], ("custody", "deposit"))
                 payouts = [
                     Payout(b.record.burn_id, b.script, b.record.amount_sats)
                     for b in self.take_burns(proposal.burns)
                 ]
-                plan = spend_exactly(spendables, payouts, self.change_script(), msat / 1000)
+                plan = spend_exactly(payouts, main, extras, self.change_script(), msat / 1000)
         except (WithdrawalError, SigningRefused) as exc:
             return {"withdrawal": withdrawal.id, "state": "stuck", "reason": str(exc)}
         if plan.transaction.txid_hex == latest.txid:
@@ -756,7 +920,31 @@ class Payouts:
             }
             for b in self.records.burns(limit=limit, newest_first=True)
         ]
-        return {"burns": burns, "withdrawals": withdrawals, "policy": self.policy.to_json()}
+        return {
+            "burns": burns,
+            "withdrawals": withdrawals,
+            "payout_chain": self.chain_summary(),
+            "policy": self.policy.to_json(),
+        }
+
+    def chain_summary(self) -> dict[str, Any] | None:
+        """Where the payout chain stands on this node: its genesis, its length, the main
+        custody output at its end, and why no withdrawal could be signed now, if so."""
+        if self.engine.chain is None or self.engine.store.active_key("custody") is None:
+            return None
+        custody = self._custody()
+        chain = self.payout_chain()
+        main = chain.main
+        return {
+            "custody_address": custody.address(custody.custody),
+            "genesis": None if chain.genesis is None else f"{chain.genesis[0]}:{chain.genesis[1]}",
+            "links": len(chain.links),
+            "main_output": None if main is None else f"{main.txid}:{main.vout}",
+            "main_sats": None if main is None else main.amount,
+            "burns_paid": len(chain.paid),
+            "missing_records": chain.missing,
+            "refusal": chain.refusal(),
+        }
 
     def open_count(self) -> int:
         return len(self.records.withdrawals(OPEN))

@@ -6,9 +6,14 @@ burn authority signed them), the custody outputs it spends, the fee rate, and fo
 consolidation the destination. Each node verifies the burns itself, looks the inputs up in
 its own chain view, applies its own policy (caps, approvals, fee bounds) and builds the
 transaction itself; only if its bytes equal the proposal's does it sign the inputs'
-signature hashes. It then binds burns and inputs to the withdrawal forever: a later
-proposal may only raise the fee of the same transaction (a BIP125 replacement spending the
-same inputs), so two transactions paying one burn always conflict.
+signature hashes.
+
+What keeps a burn from being paid twice is Bitcoin, not any node's records: a withdrawal
+must spend the main custody output at the end of the payout chain as this node follows it
+(`appliance.chain.payout_chain`), and pay no burn a link of that chain paid. Two
+withdrawals the cluster signs, however a coordinator split its proposals between honest
+nodes, then either both spend one main output (at most one confirms) or one descends from
+the other (and the later one cannot pay the earlier one's burns).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from appliance.ceremony.base import MalformedPayload, canonical
 from appliance.ceremony.requests import SigningPayload, SigningRefused, SigningRequest
+from appliance.chain.payout_chain import PayoutChain
 from appliance.chain.withdrawal import (
     Payout,
     Spendable,
@@ -164,8 +170,11 @@ def first_proposal(
     forced: bool = False,
     approvals: Sequence[tuple[str, int, bytes]] = (),
 ) -> Proposal:
-    """Revision 0 of a withdrawal or consolidation built as `plan`, in canonical order."""
-    inputs = tuple(sorted((s.txid, s.vout) for s in plan.spent))
+    """Revision 0 of a withdrawal or consolidation built as `plan`, in canonical order: a
+    withdrawal's inputs as its transaction spends them (the main custody output first)."""
+    inputs = tuple((s.txid, s.vout) for s in plan.spent)
+    if kind == CONSOLIDATION:
+        inputs = tuple(sorted(inputs))
     ordered = tuple(sorted(entries, key=lambda e: str(e["record"]["burn_id"])))
     ids = [str(e["record"]["burn_id"]) for e in ordered]
     return Proposal(
@@ -236,6 +245,9 @@ class PayoutNode(Protocol):
         """The inputs as this node's view shows them, unspent and confirmed; raises
         `SigningRefused` otherwise."""
 
+    def payout_chain(self) -> PayoutChain:
+        """The payout chain as this node follows it on its own view and records."""
+
     def change_script(self) -> bytes: ...
 
     def destination_script(self, destination: str, forced: bool) -> bytes:
@@ -247,7 +259,11 @@ class PayoutNode(Protocol):
         node received), remembered for later."""
 
 
-def _outflow_checks(node: PayoutNode, proposal: Proposal, amount: int, known: bool) -> None:
+def _outflow_checks(
+    node: PayoutNode, proposal: Proposal, amount: int, known: bool, chain: PayoutChain
+) -> None:
+    """The caps. The 24 hours' outflow counts the payout chain's links (whoever signed them)
+    and this node's consolidations; withdrawals that lost to a link never moved anything."""
     policy = node.policy
     if amount > policy.max_withdrawal_sats:
         raise SigningRefused(
@@ -255,7 +271,10 @@ def _outflow_checks(node: PayoutNode, proposal: Proposal, amount: int, known: bo
             f"per-withdrawal cap of {policy.max_withdrawal_sats}"
         )
     if not known:
-        spent = node.records.outflow_since(time.time() - DAY, excluding=proposal.withdrawal_id)
+        since = time.time() - DAY
+        spent = chain.outflow_since(since) + node.records.consolidated_since(
+            since, excluding=proposal.withdrawal_id
+        )
         if spent + amount > policy.daily_outflow_sats:
             raise SigningRefused(
                 f"{proposal.withdrawal_id} would bring the last 24 hours' outflow to "
@@ -264,9 +283,10 @@ def _outflow_checks(node: PayoutNode, proposal: Proposal, amount: int, known: bo
 
 
 def _plan(node: PayoutNode, proposal: Proposal, known: bool) -> WithdrawalPlan:
-    spendables = node.own_spendables(proposal.inputs, SPENDABLE_KINDS[proposal.kind])
+    chain = node.payout_chain()
     rate = proposal.fee_rate
     if proposal.kind == CONSOLIDATION:
+        spendables = node.own_spendables(proposal.inputs, SPENDABLE_KINDS[CONSOLIDATION])
         if proposal.burns or proposal.approvals or proposal.destination is None:
             raise SigningRefused("a consolidation pays no burn and names a destination")
         script = node.destination_script(proposal.destination, proposal.forced)
@@ -282,10 +302,16 @@ def _plan(node: PayoutNode, proposal: Proposal, known: bool) -> WithdrawalPlan:
                 f"{len(spendables)} reservoir outputs, the threshold is "
                 f"{reservoir.consolidation_threshold}"
             )
-        _outflow_checks(node, proposal, sum(s.amount for s in spendables), known)
+        _outflow_checks(node, proposal, sum(s.amount for s in spendables), known, chain)
         return build_sweep(spendables, script, rate)  # a replacement sweeps the same inputs
     if proposal.destination is not None or proposal.forced:
         raise SigningRefused("a withdrawal pays burns only")
+    main = _main_output(chain, proposal)
+    paid = chain.paid
+    for burn_id in proposal.burn_ids:
+        if burn_id in paid:
+            raise SigningRefused(f"burn {burn_id} is paid by {paid[burn_id]} already")
+    extras = node.own_spendables(proposal.inputs[1:], SPENDABLE_KINDS[WITHDRAWAL])
     policy = node.policy
     if not 0 < len(proposal.burns) <= policy.max_batch:
         raise SigningRefused(f"a withdrawal pays 1 to {policy.max_batch} burns")
@@ -302,13 +328,30 @@ def _plan(node: PayoutNode, proposal: Proposal, known: bool) -> WithdrawalPlan:
                     f"approval on {policy.approvals_required} nodes, has {len(approvers)}"
                 )
     payouts = [Payout(b.record.burn_id, b.script, b.record.amount_sats) for b in burns]
-    _outflow_checks(node, proposal, sum(p.amount for p in payouts), known)
+    _outflow_checks(node, proposal, sum(p.amount for p in payouts), known, chain)
     if proposal.revision > 0:
-        return spend_exactly(spendables, payouts, node.change_script(), rate)
-    plan = build_withdrawal(payouts, spendables, node.change_script(), rate)
-    if len(plan.spent) != len(spendables):
+        return spend_exactly(payouts, main, extras, node.change_script(), rate)
+    plan = build_withdrawal(payouts, main, extras, node.change_script(), rate)
+    if len(plan.spent) != len(extras) + 1:
         raise SigningRefused("the proposal spends more inputs than its payouts need")
     return plan
+
+
+def _main_output(chain: PayoutChain, proposal: Proposal) -> Spendable:
+    """The main custody output the withdrawal must spend first: the one at the end of the
+    payout chain as this node follows it, with every link's burns known."""
+    refusal = chain.refusal()
+    if refusal is not None:
+        raise SigningRefused(refusal)
+    assert chain.main is not None
+    main = (chain.main.txid, chain.main.vout)
+    if not proposal.inputs or proposal.inputs[0] != main:
+        first = f"{proposal.inputs[0][0]}:{proposal.inputs[0][1]}" if proposal.inputs else "none"
+        raise SigningRefused(
+            f"{proposal.withdrawal_id} spends {first} first, not the main custody output "
+            f"{main[0]}:{main[1]} at the end of the payout chain in this node's view"
+        )
+    return chain.main
 
 
 def rebuild(node: PayoutNode, proposal: Proposal) -> WithdrawalPlan:
@@ -319,7 +362,12 @@ def rebuild(node: PayoutNode, proposal: Proposal) -> WithdrawalPlan:
             f"fee rate {proposal.fee_rate} sat/vB is outside this node's {floor}..{ceiling}"
         )
     ids = proposal.burn_ids
-    if ids != sorted(set(ids)) or list(proposal.inputs) != sorted(set(proposal.inputs)):
+    ordered = proposal.inputs[1:] if proposal.kind == WITHDRAWAL else proposal.inputs
+    if (
+        ids != sorted(set(ids))
+        or list(ordered) != sorted(set(ordered))
+        or len(set(proposal.inputs)) != len(proposal.inputs)
+    ):
         raise SigningRefused("burns or inputs repeat, or inputs are not in order")
     expected = withdrawal_id(proposal.kind, ids, proposal.inputs, proposal.destination)
     if proposal.withdrawal_id != expected:

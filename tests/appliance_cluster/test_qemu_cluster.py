@@ -139,6 +139,10 @@ def test_3_a_deposit_gives_one_attestation(appliances: Appliances) -> None:
     assert {c.run("deposit-address", "--recipient", "wire:alice")["address"]
             for c in consoles[1:]} == {address}  # fmt: skip
     txid = bitcoind.call("sendtoaddress", address, "0.5")
+    # The operators' first payment to the custody address: the payout chain's genesis.
+    custody = {c.run("payouts")["payout_chain"]["custody_address"] for c in consoles}
+    assert len(custody) == 1, custody
+    bitcoind.call("sendtoaddress", custody.pop(), "0.0001")
     tip = mine(bitcoind, 6)
     wait_until(lambda: all(c.run("status")["bitcoin"]["view_height"] == tip for c in consoles),
                within=300, pause=3, what="every node saw the deposit's sixth block")  # fmt: skip

@@ -19,7 +19,13 @@ from appliance.chain.custody import CustodyKey
 from appliance.chain.fees import bumped_fee_rate, estimate_fee_rate, is_stuck
 from appliance.chain.service import ChainService
 from appliance.chain.transaction import Transaction, TxOut
-from appliance.chain.withdrawal import Payout, WithdrawalPlan, build_withdrawal, replace_withdrawal
+from appliance.chain.withdrawal import (
+    Payout,
+    Spendable,
+    WithdrawalPlan,
+    build_withdrawal,
+    replace_withdrawal,
+)
 from appliance.frost import SECP256K1_TR, KeyShare, trusted_dealer_keygen
 from appliance.store import Store
 from tests.chain.helpers import CONFIG, Audit
@@ -335,6 +341,12 @@ def paid(node: RegtestProcess, since_height: int, scripts: list[bytes]) -> dict[
     return counts
 
 
+def first_and_rest(spendables: list[Spendable]) -> tuple[Spendable, list[Spendable]]:
+    """An output to stand for the main custody output (this module tests transactions and
+    bitcoind, not the payout chain), and the others."""
+    return spendables[0], spendables[1:]
+
+
 def test_a_signed_withdrawal_is_accepted_and_tracked(bitcoin, custody) -> None:
     shares, _ = custody
 
@@ -344,7 +356,9 @@ def test_a_signed_withdrawal_is_accepted_and_tracked(bitcoin, custody) -> None:
         assert sorted(s.amount for s in spendables) == [15_000_000, 25_000_000, 60_000_000]
         payouts = [Payout(f"burn-{i}", s, 30_000_000) for i, s in enumerate(users(bitcoin.node, 3))]
         rate = await estimate_fee_rate(bitcoin.service.rpc, bitcoin.config)
-        plan = build_withdrawal(payouts, spendables, bitcoin.key.custody.script, rate)
+        plan = build_withdrawal(
+            payouts, *first_and_rest(spendables), bitcoin.key.custody.script, rate
+        )
         assert len(plan.spent) == 3  # the deposit- and reservoir-tweaked keys sign too
         tx = signed(plan, shares)
         txid = await broadcast(bitcoin.service.rpc, tx, bitcoin.audit)
@@ -367,7 +381,9 @@ def test_bad_withdrawals_are_refused_with_bitcoinds_reason(bitcoin, custody) -> 
         await funded(bitcoin)
         spendables = bitcoin.view.spendables()
         payouts = [Payout("burn-x", users(bitcoin.node, 1)[0], 10_000_000)]
-        plan = build_withdrawal(payouts, spendables, bitcoin.key.custody.script, 2.0)
+        plan = build_withdrawal(
+            payouts, *first_and_rest(spendables), bitcoin.key.custody.script, 2.0
+        )
         good = signed(plan, shares)
         witness = bytearray(good.inputs[0].witness[0])
         witness[10] ^= 1
@@ -378,7 +394,8 @@ def test_bad_withdrawals_are_refused_with_bitcoinds_reason(bitcoin, custody) -> 
         )
         overspend = signed(dataclasses.replace(plan, transaction=overspend_tx), shares)
         cheap = signed(
-            build_withdrawal(payouts, spendables, bitcoin.key.custody.script, 0.2), shares
+            build_withdrawal(payouts, *first_and_rest(spendables), bitcoin.key.custody.script, 0.2),
+            shares,
         )
         cases = {
             "script-verify-flag-failed": forged,
@@ -405,7 +422,8 @@ def test_a_stuck_withdrawal_is_replaced_and_users_are_paid_once(bitcoin, custody
         start = bitcoin.node.call("getblockcount")
         scripts = users(bitcoin.node, 4)
         payouts = [Payout(f"burn-{i}", s, 5_000_000) for i, s in enumerate(scripts)]
-        plan = build_withdrawal(payouts, bitcoin.view.spendables(), bitcoin.key.custody.script, 1.0)
+        spendables = first_and_rest(bitcoin.view.spendables())
+        plan = build_withdrawal(payouts, *spendables, bitcoin.key.custody.script, 1.0)
         first = await broadcast(bitcoin.service.rpc, signed(plan, shares), bitcoin.audit)
         bitcoin.mine_empty(3)  # nobody mines it
         await bitcoin.service.watcher.sync_once()

@@ -22,6 +22,7 @@ from appliance.wire.attestation import (
     VERSION,
     AttestationError,
     MintAttestation,
+    MintLedger,
     verify,
 )
 from tests.frost.helpers import sign_with
@@ -368,3 +369,23 @@ def test_readme_example_matches_the_code() -> None:
     assert namespace["signature"] == signature
     if len(snippets) == 2:
         exec(snippets[1], namespace)  # noqa: S102
+
+
+def test_the_mint_ledger_mints_once_per_output_whatever_the_sequence() -> None:
+    key = Ed25519PrivateKey.generate()
+    group_key = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    ledger = MintLedger(group_key, "regtest")
+    fields = ("regtest", "ab" * 32, 1, 5_000, "wire:alice", "cd" * 32)
+    first = MintAttestation(*fields, 7).encode()
+    again = MintAttestation(*fields, 8).encode()  # another number for the same output
+    moved = MintAttestation(*fields[:5], "ef" * 32, 9).encode()  # after a reorg
+    assert ledger.mint(first, key.sign(first)) is not None
+    assert ledger.mint(again, key.sign(again)) is None
+    assert ledger.mint(moved, key.sign(moved)) is None
+    other = MintAttestation("regtest", "ab" * 32, 2, 5_000, "wire:alice", "cd" * 32, 7).encode()
+    assert ledger.mint(other, key.sign(other)) is not None  # another output of the same tx
+    mainnet = MintAttestation("mainnet", *fields[1:], 10).encode()
+    with pytest.raises(AttestationError, match="this Wire system serves regtest"):
+        ledger.mint(mainnet, key.sign(mainnet))
+    with pytest.raises(AttestationError, match="does not verify"):
+        ledger.mint(other, Ed25519PrivateKey.generate().sign(other))

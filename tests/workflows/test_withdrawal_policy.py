@@ -3,13 +3,17 @@
 A small fake node implements `PayoutNode` on a real SQLite store (`PayoutRecords`): burns
 signed by a real Ed25519 burn authority and verified with `verify_burn`, custody, deposit
 and reservoir outputs of a real custody key, approvals signed by the parties' identity
-keys. Proposals are built the way the coordinator builds them and put through
-`check_payout`. Tested: a valid withdrawal binds and may be checked again; refusals of
-tampered transactions and payloads, badly signed burns, inputs outside the node's view or
-of the wrong kind, fee rates outside the node's bounds, the per-withdrawal and 24-hour caps,
-large burns without enough valid approvals, burns and inputs bound to another withdrawal,
-replacements that do not raise the fee or replace nothing, ids that do not name their
-content, unordered burns and repeated inputs; and the fee reservoir's consolidation
+keys, and a payout chain the test sets (its main output, its links). Proposals are built
+the way the coordinator builds them and put through `check_payout`. Tested: a valid
+withdrawal binds and may be checked again; a withdrawal must spend the main custody output
+at the end of the chain first and pay no burn a link paid, and none is signed before the
+genesis, on a broken chain, or while a link's burns are unknown; two withdrawals paying one
+burn are both signed only because they spend the same main output; refusals of tampered
+transactions and payloads, badly signed burns, inputs outside the node's view or of the
+wrong kind, fee rates outside the node's bounds, the per-withdrawal and 24-hour caps (the
+chain's links count, withdrawals that lost do not), large burns without enough valid
+approvals, replacements that do not raise the fee or replace nothing, ids that do not name
+their content, unordered burns and repeated inputs; and the fee reservoir's consolidation
 (threshold, small outputs, destination).
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -26,7 +31,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from appliance.ceremony.requests import SigningPayload, SigningRefused, SigningRequest
 from appliance.chain.address import address_of_script, p2tr_script, script_of_address
+from appliance.chain.commitment import burns_digest
 from appliance.chain.custody import CustodyKey
+from appliance.chain.payout_chain import PayoutChain, PayoutLink
 from appliance.chain.transaction import TxOut
 from appliance.chain.withdrawal import (
     Payout,
@@ -42,6 +49,7 @@ from appliance.store.payout import PayoutRecords
 from appliance.wire.burns import BurnPolicy, BurnRecord, BurnRefused, VerifiedBurn, verify_burn
 from appliance.workflows.withdrawal import (
     CONSOLIDATION,
+    DAY,
     WITHDRAWAL,
     Proposal,
     approval_message,
@@ -70,6 +78,8 @@ def address(n: int) -> str:
 
 
 CONSOLIDATION_ADDRESS = address(200)
+MAIN = Spendable("ab" * 32, 0, 1_000, CHANGE, CUSTODY.custody.tweaks)  # the chain's main output
+GENESIS = ("ab" * 32, 0)
 
 
 def public(key: Ed25519PrivateKey) -> bytes:
@@ -94,6 +104,10 @@ class FakeNode:
         self.identity_keys = {i: public(k) for i, k in PARTIES.items()}
         self.view: dict[Outpoint, tuple[str, Spendable]] = {}
         self.approved_destinations: set[str] = set()
+        self.chain = PayoutChain(GENESIS, (), MAIN)
+
+    def payout_chain(self) -> PayoutChain:
+        return self.chain
 
     def hold(self, kind: str, *spendables: Spendable) -> None:
         for s in spendables:
@@ -207,7 +221,7 @@ def withdrawal_of(
     revision: int = 0,
 ) -> Proposal:
     ordered = tuple(sorted(entries, key=burn_id))
-    inputs = outpoints(plan)
+    inputs = tuple((s.txid, s.vout) for s in plan.spent)  # the main output first
     return Proposal(
         withdrawal_id(WITHDRAWAL, [burn_id(e) for e in ordered], inputs, None),
         WITHDRAWAL,
@@ -227,9 +241,11 @@ def propose(
     available: Sequence[Spendable],
     msat: int = RATE,
     approvals: Sequence[tuple[str, int, bytes]] = (),
+    main: Spendable = MAIN,
 ) -> tuple[Proposal, WithdrawalPlan]:
     """A withdrawal of `entries` as `Payouts._propose_withdrawal` builds it."""
-    plan = build_withdrawal([payout_of(e) for e in entries], available, CHANGE, msat / 1000)
+    payouts = [payout_of(e) for e in entries]
+    plan = build_withdrawal(payouts, main, available, CHANGE, msat / 1000)
     return withdrawal_of(entries, plan, msat, approvals), plan
 
 
@@ -238,7 +254,7 @@ def replacement(
 ) -> tuple[Proposal, WithdrawalPlan]:
     """The next revision of a withdrawal at `msat`, as `Payouts._bump` builds it."""
     payouts = [payout_of(e) for e in proposal.burns]
-    bumped = spend_exactly(plan.spent, payouts, CHANGE, msat / 1000)
+    bumped = spend_exactly(payouts, plan.spent[0], plan.spent[1:], CHANGE, msat / 1000)
     revised = dataclasses.replace(
         proposal,
         revision=proposal.revision + 1,
@@ -318,16 +334,30 @@ def test_valid_withdrawal_binds_and_is_accepted_again(node: FakeNode, wire) -> N
 
 
 def _pay_less(tx):
-    first, *rest = tx.outputs
-    return (TxOut(first.amount - 1_000, first.script_pubkey), *rest)
+    change, commitment, payout, *rest = tx.outputs
+    return (change, commitment, TxOut(payout.amount - 1_000, payout.script_pubkey), *rest)
 
 
 def _pay_elsewhere(tx):
-    first, *rest = tx.outputs
-    return (TxOut(first.amount, p2tr_script(bytes([99]) * 32)), *rest)
+    change, commitment, payout, *rest = tx.outputs
+    return (change, commitment, TxOut(payout.amount, p2tr_script(bytes([99]) * 32)), *rest)
 
 
-@pytest.mark.parametrize("tamper", [_pay_less, _pay_elsewhere], ids=["amount", "destination"])
+def _keep_the_change(tx):
+    change, *rest = tx.outputs
+    return (TxOut(change.amount, p2tr_script(bytes([99]) * 32)), *rest)
+
+
+def _commit_to_nothing(tx):
+    change, _commitment, *rest = tx.outputs
+    return (change, TxOut(0, b"\x6a\x24wmpc" + bytes(32)), *rest)
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [_pay_less, _pay_elsewhere, _keep_the_change, _commit_to_nothing],
+    ids=["amount", "destination", "change", "commitment"],
+)
 def test_tampered_transaction_is_refused(node: FakeNode, wire, tamper) -> None:
     entry = wire.burn(address(1), 50_000)
     node.hold("custody", utxo("custody", 100_000, "a"))
@@ -383,7 +413,7 @@ def test_input_outside_the_nodes_view_is_refused(node: FakeNode, wire) -> None:
     held, unknown = utxo("custody", 30_000, "a"), utxo("custody", 40_000, "b")
     node.hold("custody", held)
     proposal, plan = propose([entry], [held, unknown])
-    assert len(proposal.inputs) == 2
+    assert len(proposal.inputs) == 3  # the main output, then both
 
     refused(node, proposal, plan, f"input {unknown.txid}:{unknown.vout} is not an unspent")
 
@@ -402,10 +432,10 @@ def test_inputs_beyond_what_the_payouts_need_are_refused(node: FakeNode, wire) -
     big, extra = utxo("custody", 100_000, "a"), utxo("custody", 20_000, "b")
     node.hold("custody", big, extra)
     _, needed = propose([entry], [big])
-    plan = spend_exactly([big, extra], [payout_of(entry)], CHANGE, RATE / 1000)
+    plan = spend_exactly([payout_of(entry)], MAIN, [big, extra], CHANGE, RATE / 1000)
     proposal = withdrawal_of([entry], plan, RATE)
-    assert len(needed.spent) == 1
-    assert len(proposal.inputs) == 2
+    assert len(needed.spent) == 2  # the main output and one more
+    assert len(proposal.inputs) == 3
 
     refused(node, proposal, plan, "spends more inputs than its payouts need")
 
@@ -440,16 +470,31 @@ def test_more_burns_than_a_batch_are_refused(node: FakeNode, wire) -> None:
     refused(node, proposal, plan, "a withdrawal pays 1 to 1 burns")
 
 
-def test_rolling_daily_outflow_cap(node: FakeNode, wire) -> None:
+def link(txid: str, burns: Sequence[str], paid_out: int, seen_at: float) -> PayoutLink:
+    return PayoutLink(txid, 101, seen_at, burns_digest(burns), paid_out, tuple(sorted(burns)))
+
+
+def test_rolling_daily_outflow_cap_counts_the_chains_links(node: FakeNode, wire) -> None:
     node.policy = dataclasses.replace(node.policy, daily_outflow_sats=1_500_000)
     first, second = wire.burn(address(1), 1_000_000), wire.burn(address(2), 600_000)
     a, b = utxo("custody", 2_000_000, "a"), utxo("custody", 2_000_000, "b")
     node.hold("custody", a, b)
 
     check(node, *propose([first], [a]))
-    proposal, plan = propose([second], [b])
+    # Agreed, not on the chain: a withdrawal that may never confirm moves nothing yet, and a
+    # sibling of it (spending the same main output) is within the cap.
+    check(node, *propose([second], [b]))
+    # Once the first is a link of the chain, seen within 24 hours, it counts.
+    now = time.time()
+    node.chain = PayoutChain(GENESIS, (link("cc" * 32, [burn_id(first)], 1_000_000, now),), MAIN)
+    third = wire.burn(address(3), 600_000)
+    proposal, plan = propose([third], [b])
     refused(node, proposal, plan, "last 24 hours' outflow to 1600000 sat, above the cap")
-    assert burn_state(node, second) == "queued"
+    assert burn_state(node, third) == "queued"
+    # A link seen more than 24 hours ago no longer counts.
+    old = link("cc" * 32, [burn_id(first)], 1_000_000, now - DAY - 60)
+    node.chain = PayoutChain(GENESIS, (old,), MAIN)
+    check(node, proposal, plan)
 
 
 # -- approvals of large burns --------------------------------------------------------------
@@ -515,28 +560,75 @@ def test_approval_received_earlier_counts_with_a_carried_one(node: FakeNode, wir
 # -- binding and replacement ---------------------------------------------------------------
 
 
-def test_bound_burn_cannot_be_paid_by_another_withdrawal(node: FakeNode, wire) -> None:
+def test_withdrawals_before_the_genesis_are_refused(node: FakeNode, wire) -> None:
     entry = wire.burn(address(1), 50_000)
-    a, b = utxo("custody", 100_000, "a"), utxo("custody", 100_000, "b")
-    node.hold("custody", a, b)
+    node.hold("custody", utxo("custody", 100_000, "a"))
+    proposal, plan = propose([entry], held(node))
+    node.chain = PayoutChain(None, (), None)
+
+    refused(node, proposal, plan, "there is no main custody output yet")
+
+
+def test_a_withdrawal_must_spend_the_main_output_first(node: FakeNode, wire) -> None:
+    # The double payment found in review: a coordinator shows one honest node a withdrawal
+    # of a burn from one output and another node one from another output. Both would be
+    # valid on Bitcoin; a node signs only one that spends the main output first.
+    entry = wire.burn(address(1), 50_000)
+    a, b = utxo("custody", 100_000, "a"), utxo("deposit", 100_000, "b")
+    node.hold("custody", a)
+    node.hold("deposit", b)
+    without_main = build_withdrawal([payout_of(entry)], a, [b], CHANGE, RATE / 1000)
+    proposal = withdrawal_of([entry], without_main, RATE)
+    refused(node, proposal, without_main, rf"spends {a.txid}:{a.vout} first, not the main")
+
+    stale = Spendable("cd" * 32, 0, 1_000, CHANGE, CUSTODY.custody.tweaks)  # spent already
+    node.hold("custody", stale)
+    proposal, plan = propose([entry], [a], main=stale)
+    refused(node, proposal, plan, "not the main custody output .* at the end of the payout chain")
+
+
+def test_a_burn_a_link_paid_is_refused(node: FakeNode, wire) -> None:
+    entry, other = wire.burn(address(1), 50_000), wire.burn(address(2), 50_000)
+    node.hold("custody", utxo("custody", 200_000, "a"))
+    node.chain = PayoutChain(
+        GENESIS, (link("cc" * 32, [burn_id(entry), "x"], 50_000, time.time()),), MAIN
+    )
+    proposal, plan = propose([entry, other], held(node))
+
+    refused(node, proposal, plan, f"burn {burn_id(entry)} is paid by {'cc' * 32} already")
+    check(node, *propose([other], held(node)))
+
+
+def test_unknown_or_false_burn_ids_of_a_link_stop_withdrawals(node: FakeNode, wire) -> None:
+    entry = wire.burn(address(1), 50_000)
+    node.hold("custody", utxo("custody", 100_000, "a"))
+    proposal, plan = propose([entry], held(node))
+    unknown = dataclasses.replace(link("cc" * 32, ["x"], 1, time.time()), burns=None)
+    node.chain = PayoutChain(GENESIS, (unknown,), MAIN)
+    refused(node, proposal, plan, f"lacks the burn ids of payout transaction.* {'cc' * 32}")
+
+    node.chain = PayoutChain(GENESIS, (), None, broken=f"{'cc' * 32} spends the main output")
+    refused(node, proposal, plan, "the payout chain cannot be followed")
+
+
+def test_two_withdrawals_of_one_burn_are_signed_only_as_siblings(node: FakeNode, wire) -> None:
+    # A burn (and an input) in a second withdrawal is no reason to refuse it: both spend
+    # the main output, so Bitcoin confirms at most one of them (and a withdrawal that lost
+    # leaves its burns payable again). Records of the node play no part in that.
+    entry = wire.burn(address(1), 50_000)
+    a, b = utxo("custody", 100_000, "a"), utxo("deposit", 100_000, "b")
+    node.hold("custody", a)
+    node.hold("deposit", b)
     first, first_plan = propose([entry], [a])
-    check(node, first, first_plan)
-
     second, second_plan = propose([entry], [b])
-    assert second.withdrawal_id != first.withdrawal_id
-    refused(node, second, second_plan, f"is bound in withdrawal {first.withdrawal_id}")
-
-
-def test_bound_input_cannot_be_spent_by_another_withdrawal(node: FakeNode, wire) -> None:
-    first_burn, second_burn = wire.burn(address(1), 50_000), wire.burn(address(2), 50_000)
-    coin = utxo("custody", 200_000, "a")
-    node.hold("custody", coin)
-    first, first_plan = propose([first_burn], [coin])
     check(node, first, first_plan)
-
-    second, second_plan = propose([second_burn], [coin])
-    refused(node, second, second_plan, f"is spent by withdrawal {first.withdrawal_id}")
-    assert burn_state(node, second_burn) == "queued"
+    check(node, second, second_plan)
+    assert second.withdrawal_id != first.withdrawal_id
+    assert first.inputs[0] == second.inputs[0] == GENESIS
+    firsts = {tx.transaction.inputs[0].prevout for tx in (first_plan, second_plan)}
+    assert len(firsts) == 1  # they conflict on Bitcoin
+    assert node.records.paid_burns(first_plan.transaction.txid_hex) == [burn_id(entry)]
+    assert node.records.paid_burns(second_plan.transaction.txid_hex) == [burn_id(entry)]
 
 
 def test_replacement_must_raise_the_fee_rate(node: FakeNode, wire) -> None:
@@ -564,13 +656,13 @@ def test_replacement_must_raise_the_fee_rate(node: FakeNode, wire) -> None:
 
 
 def test_a_replacement_that_is_the_same_transaction_is_refused(node: FakeNode, wire) -> None:
-    # 50,500 sat in, 50,000 out: no change at either rate, so the higher rate builds the
-    # very same transaction (same fee): it would replace nothing.
+    # A rate a thousandth of a sat/vB higher rounds to the same fee: the same transaction,
+    # which would replace nothing.
     entry = wire.burn(address(1), 50_000)
-    node.hold("custody", utxo("custody", 50_500, "a"))
-    proposal, plan = propose([entry], held(node), msat=2_000)
+    node.hold("custody", utxo("custody", 60_000, "a"))
+    proposal, plan = propose([entry], held(node), msat=2_001)
     check(node, proposal, plan)
-    revised, bumped = replacement(proposal, plan, 3_000)
+    revised, bumped = replacement(proposal, plan, 2_002)
     assert bumped.transaction.txid_hex == plan.transaction.txid_hex
     with pytest.raises(SigningRefused, match="the replacement is the same transaction"):
         check(node, revised, bumped)
