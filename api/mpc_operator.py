@@ -297,7 +297,7 @@ def run(args: argparse.Namespace) -> Any:
         key = Path(args.key_file).read_text().strip()
         return client.request("POST", "/v1/audit/verify", {"key": key})
     if command == "audit-key":
-        return client.request("POST", "/v1/audit/verification-key", {}, totp=_totp(args))
+        return client.request("POST", "/v1/audit/verification-key", totp=_totp(args))
     if command == "policy":
         if not args.set:
             return client.request("GET", "/v1/policy")
