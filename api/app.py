@@ -7,9 +7,9 @@ It holds no key material and never opens the HSM: the engine does the work."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -17,22 +17,24 @@ from typing import Any
 import falcon
 
 from api.accounts import AccountError, Accounts, User
+from api.body import read_body
 from api.engine import EngineLink, EngineRefused, EngineUnavailable
+from api.errors import ApiError
 from api.metrics import ApiMetrics
 from api.metrics import configure as configure_metrics
 from api.routes import ROUTES, Call, Route
-from api.schema import Invalid, check, coerce_query
+from api.schema import Invalid, coerce_query
 from appliance.audit import AuditUnavailableError, audit
 from appliance.config import NodeConfig, load_config
 
 __all__ = ["create_app", "from_environment"]
 
 log = logging.getLogger("wire-api")
-MAX_BODY = 2 << 20
 
-# The engine's error codes, as HTTP statuses.
+# The engine's error codes, as HTTP statuses; any other code is a refusal (422).
 ENGINE_STATUS = {
     "bad-request": 400,
+    "bad-key": 400,
     "not-found": 404,
     "no-key": 409,
     "duplicate-ceremony": 409,
@@ -41,17 +43,12 @@ ENGINE_STATUS = {
     "signing-blocked": 409,
     "no-burn-authority": 409,
     "cannot-build": 409,
+    "too-large": 413,
+    "rate-limited": 429,
+    "internal-error": 500,
     "audit-unavailable": 503,
     "unknown-method": 501,
 }
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, title: str) -> None:
-        super().__init__(title)
-        self.status = status
-        self.code = code
-        self.title = title
 
 
 class Resource:
@@ -131,9 +128,13 @@ class WireApi:
         except EngineUnavailable as exc:
             status = 503
             _error(resp, 503, "engine-unavailable", str(exc))
-        except ValueError as exc:
-            status = 400
-            _error(resp, 400, "bad-request", str(exc))
+        except falcon.HTTPError as exc:  # Falcon's own refusals, such as a bad Content-Length
+            status = _falcon_error(resp, exc)
+        except Exception:
+            # A bug, not the client's doing: its text stays in the log (an unexpected
+            # ValueError is no "bad request" either).
+            status = 500
+            _error(resp, 500, "internal-error", _incident(req))
         finally:
             self.metrics.request(route.path, route.method, status, time.perf_counter() - started)
         if route.public and route.path == "/v1/health":
@@ -155,18 +156,7 @@ class WireApi:
 
     @staticmethod
     def _body(route: Route, req: falcon.Request) -> dict[str, Any]:
-        if route.body is None:
-            return {}
-        if (req.content_length or 0) > MAX_BODY:
-            raise ApiError(413, "too-large", f"request bodies are limited to {MAX_BODY} bytes")
-        if req.content_type is None or not req.content_type.startswith("application/json"):
-            raise ApiError(415, "not-json", "send the request body as application/json")
-        raw = req.bounded_stream.read(MAX_BODY + 1)
-        try:
-            body = json.loads(raw or b"{}")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise Invalid(f"body: not JSON ({exc})") from None
-        check(body, route.body)
+        body = read_body(req, route.body)
         req.context.body = body
         return dict(body)
 
@@ -195,9 +185,7 @@ class WireApi:
     def _http_error(
         self, req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError, params: Any
     ) -> None:
-        status = exc.status_code
-        code = {404: "not-found", 405: "method-not-allowed"}.get(status, "bad-request")
-        _error(resp, status, code, exc.title or "refused")
+        _falcon_error(resp, exc)
 
     def _unexpected(
         self, req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any
@@ -205,8 +193,7 @@ class WireApi:
         if isinstance(exc, falcon.HTTPError):
             self._http_error(req, resp, exc, params)
             return
-        log.exception("unexpected error on %s %s", req.method, req.path)
-        _error(resp, 500, "internal-error", "the API failed; see the node's log")
+        _error(resp, 500, "internal-error", _incident(req))
 
 
 def _bearer(req: falcon.Request) -> str | None:
@@ -219,6 +206,20 @@ def _field(req: falcon.Request, name: str) -> str | None:
     body = getattr(req.context, "body", None)
     value = body.get(name) if isinstance(body, dict) else None
     return value if isinstance(value, str) else None
+
+
+def _falcon_error(resp: falcon.Response, exc: falcon.HTTPError) -> int:
+    status = exc.status_code
+    code = {404: "not-found", 405: "method-not-allowed"}.get(status, "bad-request")
+    _error(resp, status, code, exc.title or "refused")
+    return status
+
+
+def _incident(req: falcon.Request) -> str:
+    """Logs the exception being handled under a new incident id; the title that names it."""
+    incident = secrets.token_hex(4)
+    log.exception("incident %s: unexpected error on %s %s", incident, req.method, req.path)
+    return f"the API failed on this request; the node's log has the detail (incident {incident})"
 
 
 def _error(resp: falcon.Response, status: int, code: str, title: str) -> None:

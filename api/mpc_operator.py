@@ -5,6 +5,8 @@
     mpc_operator --json status
 
 The session token is kept in a 0600 file; sensitive commands ask for a fresh TOTP code.
+Files it writes (the session, backups) are made new, 0600 whatever the umask, and never
+through a symbolic link; a backup never replaces an existing file.
 Exit codes: 0 done, 1 refused (the message says why), 2 usage, 3 not logged in or session
 expired, 4 not allowed for your role, 5 node unavailable, 6 not built on this node yet.
 """
@@ -17,6 +19,7 @@ import getpass
 import http.client
 import json
 import os
+import secrets
 import socket
 import sys
 import threading
@@ -68,18 +71,30 @@ class Client:
             return None
 
     def save(self, session: dict[str, Any]) -> None:
+        """Replaces the session file whole: a new file under a temporary name, renamed over
+        the old one (a rename replaces a symbolic link there instead of writing through it).
+        A later login must replace it, so an existing file is not refused as a backup is."""
         self.session_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        descriptor = os.open(self.session_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            json.dump(
-                {
-                    "token": session["token"],
-                    "username": session["username"],
-                    "expires_at": session["expires_at"],
-                    "socket": self.socket_path,
-                },
-                out,
-            )
+        name = f".{self.session_file.name}.{secrets.token_hex(4)}"
+        temporary = self.session_file.with_name(name)
+        handle = os.fdopen(_create_private_file(temporary), "w")
+        try:
+            with handle:
+                json.dump(
+                    {
+                        "token": session["token"],
+                        "username": session["username"],
+                        "expires_at": session["expires_at"],
+                        "socket": self.socket_path,
+                    },
+                    handle,
+                )
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.session_file)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
 
     def request(
         self,
@@ -133,6 +148,18 @@ class Client:
             )
             raise Failure(kind, f"{title} [{code}]")
         return answer
+
+
+def _create_private_file(path: Path) -> int:
+    """A new file at `path`, open for writing, 0600 whatever the umask. Anything already
+    there is refused, a symbolic link too (it could lead anywhere the user may write)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        descriptor = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise Failure("usage", f"{path} exists already: give a new file name") from None
+    os.fchmod(descriptor, 0o600)  # the umask may have taken bits from the mode asked for
+    return descriptor
 
 
 def _secret(prompt: str, file: str | None, confirm: bool = False) -> str:
@@ -252,18 +279,28 @@ def run(args: argparse.Namespace) -> Any:
         path = {"service-status": "/v1/service"}.get(command, f"/v1/{command}")
         return client.request("GET", path)
     if command == "backup":
-        body: dict[str, Any] = {"key": args.key}
-        if args.recipient:
-            body["recipient"] = args.recipient
-        else:
-            body["passphrase"] = _secret(
-                "backup passphrase: ", args.passphrase_file, confirm=not args.passphrase_file
-            )
-        answer = client.request("POST", "/v1/backup/key-share", body, totp=_totp(args))
+        # The file is made before the node is asked, so a name that is taken costs neither
+        # a TOTP code nor a backup made and thrown away.
         out = Path(args.output)
-        descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(base64.b64decode(answer.pop("backup")))
+        handle = os.fdopen(_create_private_file(out), "wb")
+        try:
+            with handle:
+                body: dict[str, Any] = {"key": args.key}
+                if args.recipient:
+                    body["recipient"] = args.recipient
+                else:
+                    body["passphrase"] = _secret(
+                        "backup passphrase: ",
+                        args.passphrase_file,
+                        confirm=not args.passphrase_file,
+                    )
+                answer = client.request("POST", "/v1/backup/key-share", body, totp=_totp(args))
+                handle.write(base64.b64decode(answer.pop("backup")))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            out.unlink(missing_ok=True)  # made above by this command, so nobody else's file
+            raise
         return {**answer, "written": str(out)}
     if command == "restore":
         body = {"backup": base64.b64encode(Path(args.input).read_bytes()).decode()}
@@ -297,7 +334,7 @@ def run(args: argparse.Namespace) -> Any:
         key = Path(args.key_file).read_text().strip()
         return client.request("POST", "/v1/audit/verify", {"key": key})
     if command == "audit-key":
-        return client.request("POST", "/v1/audit/verification-key", {}, totp=_totp(args))
+        return client.request("POST", "/v1/audit/verification-key", totp=_totp(args))
     if command == "policy":
         if not args.set:
             return client.request("GET", "/v1/policy")

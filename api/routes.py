@@ -15,7 +15,7 @@ from typing import Any
 from api import journal
 from api.accounts import Accounts, User
 from api.engine import EngineLink
-from api.schema import openapi
+from api.schema import Invalid, openapi
 from appliance.config import ApiConfig
 
 __all__ = ["ALL_ROLES", "ROUTES", "Call", "Route"]
@@ -181,7 +181,7 @@ def _api_checks(call: Call) -> list[dict[str, Any]]:
 def report(call: Call) -> Any:
     period = call.query.get("period", "weekly")
     if period not in journal.PERIODS:
-        raise ValueError(f"period must be one of {', '.join(journal.PERIODS)}")
+        raise Invalid(f"query.period: must be one of {', '.join(journal.PERIODS)}")
     until = time.time()
     since = until - journal.PERIODS[period] * 86400
     return {
@@ -200,7 +200,7 @@ def audit_records(call: Call) -> Any:
     until = float(call.query["until"]) if "until" in call.query else None
     limit = int(call.query.get("limit", 100))
     if not 1 <= limit <= journal.MAX_RECORDS:
-        raise ValueError(f"limit must be between 1 and {journal.MAX_RECORDS}")
+        raise Invalid(f"query.limit: must be between 1 and {journal.MAX_RECORDS}")
     records = journal.query(since, until, call.query.get("actor"), call.query.get("event"), limit)
     return {"records": records}
 

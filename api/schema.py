@@ -4,6 +4,7 @@ from the same table."""
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -13,6 +14,10 @@ __all__ = ["Invalid", "check", "coerce_query", "openapi"]
 class Invalid(ValueError):
     """A request does not match its schema; the message names the field."""
 
+
+# Query values as JSON writes numbers: no "1_000", no spaces, no other scripts' digits.
+_INTEGER = re.compile(r"-?[0-9]{1,19}")
+_NUMBER = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "object": (dict,),
@@ -40,6 +45,8 @@ def check(value: Any, schema: dict[str, Any], where: str = "body") -> None:
         if "pattern" in schema and not re.search(schema["pattern"], value):
             raise Invalid(f"{where}: does not match {schema['pattern']}")
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise Invalid(f"{where}: must be a finite number")
         if value < schema.get("minimum", float("-inf")):
             raise Invalid(f"{where}: must be at least {schema['minimum']}")
         if value > schema.get("maximum", float("inf")):
@@ -73,15 +80,12 @@ def coerce_query(raw: dict[str, Any], schemas: dict[str, dict[str, Any]]) -> dic
             raise Invalid(f"query.{name}: given more than once")
         schema = schemas[name]
         parsed: Any = value
-        try:
-            if schema.get("type") == "integer":
-                parsed = int(value)
-            elif schema.get("type") == "number":
-                parsed = float(value)
-                if parsed != parsed or parsed in (float("inf"), float("-inf")):
-                    raise ValueError
-        except ValueError:
-            raise Invalid(f"query.{name}: must be a {schema['type']}") from None
+        if schema.get("type") in ("integer", "number"):
+            form = _INTEGER if schema["type"] == "integer" else _NUMBER
+            if not form.fullmatch(value):
+                kind = "a whole number" if schema["type"] == "integer" else "a number"
+                raise Invalid(f"query.{name}: must be {kind} in decimal digits")
+            parsed = int(value) if schema["type"] == "integer" else float(value)
         check(parsed, schema, f"query.{name}")
         out[name] = parsed
     return out
@@ -123,14 +127,22 @@ def openapi(routes: Any, version: str) -> dict[str, Any]:
                 "description": "done",
                 "content": {"application/json": {"schema": {"type": "object"}}},
             },
-            "400": _error("the request does not match the schema; the title names the field"),
+            "400": _error(
+                "the request does not match the schema, or its body is missing or not strict "
+                "JSON (no NaN or Infinity); the title names the field"
+            ),
             "404": _error("no such route or object"),
             "405": _error("the route does not take this method"),
             "409": _error("conflicts with the node's state"),
+            "411": _error("a chunked body this server cannot frame: send a Content-Length"),
             "413": _error("the request body is too large"),
             "415": _error("the request body is not JSON"),
             "422": _error("the engine refused the command; the title says why"),
-            "429": _error("the account is locked for a while after repeated failures"),
+            "429": _error(
+                "the account is locked for a while after repeated failures, or a journal "
+                "verification is running already"
+            ),
+            "500": _error("a failure inside the node; the title gives an incident id for its log"),
             "501": _error("the engine side of this command is not built yet"),
             "503": _error("the engine or the audit log is unavailable"),
         }

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import pwd
+import secrets
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from typing import Any
 
 from appliance.audit import AuditUnavailableError, audit
 from appliance.sealing import ROTATE_REQUEST, take_verification_key, verify_journal
+from appliance.strictjson import loads
 
 from .engine import CommandError, Engine
 
@@ -139,7 +141,7 @@ class ControlServer:
 
     async def _handle(self, writer: asyncio.StreamWriter, line: bytes) -> None:
         try:
-            request = json.loads(line)
+            request = loads(line)
             if not isinstance(request, dict):
                 raise ValueError("request must be an object")
             method = request.get("method")
@@ -169,17 +171,18 @@ class ControlServer:
             except AuditUnavailableError as exc:
                 await self._answer(writer, request_id, error=("audit-unavailable", str(exc)))
                 return
+        # Only CommandError carries a message written for the caller (a parameter that is
+        # missing or wrong is one too); anything else is a bug, whose text stays in the log.
         try:
-            result = await handler(params, actor)
+            result = await handler(_Params(params), actor)
         except CommandError as exc:
             await self._answer(writer, request_id, error=(exc.code, str(exc)))
             return
-        except (ValueError, KeyError, TypeError) as exc:
-            await self._answer(writer, request_id, error=("bad-request", str(exc)))
-            return
-        except Exception as exc:  # the socket must answer, whatever went wrong
-            log.exception("control method %s failed", method)
-            await self._answer(writer, request_id, error=("internal-error", str(exc)))
+        except Exception:  # the socket must answer, whatever went wrong
+            incident = secrets.token_hex(4)
+            log.exception("incident %s: control method %s failed", incident, method)
+            failed = f"the engine failed on {method}; its log has the detail (incident {incident})"
+            await self._answer(writer, request_id, error=("internal-error", failed))
             return
         await self._answer(writer, request_id, result=result)
 
@@ -219,16 +222,16 @@ class ControlServer:
         if not isinstance(messages, list) or not all(
             isinstance(m, str) and 0 < len(m) <= 1024 for m in messages
         ):
-            raise ValueError("each message must be a non-empty string of at most 1024 characters")
+            raise _bad_params("each message must be a non-empty string of at most 1024 characters")
         keys = params.get("keys", ["attestation", "custody"])
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            raise ValueError("keys must be a list of key names")
+            raise _bad_params("keys must be a list of key names")
         coordinate = bool(params.get("coordinate", True))
         signers = params.get("signers")
         if signers is not None and (
             not isinstance(signers, list) or not all(isinstance(s, int) for s in signers)
         ):
-            raise ValueError("signers must be a list of party identifiers")
+            raise _bad_params("signers must be a list of party identifiers")
         return await self.engine.test_signing(
             [m.encode() for m in messages], keys, coordinate, actor, signers
         )
@@ -237,9 +240,9 @@ class ControlServer:
         recipient = params["recipient"]
         since = params.get("since_height")
         if not isinstance(recipient, str):
-            raise ValueError("recipient must be a string")
+            raise _bad_params("recipient must be a string")
         if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
-            raise ValueError("since_height must be a block height")
+            raise _bad_params("since_height must be a block height")
         return await self.engine.deposit_address(recipient, since)
 
     async def _service_status(self, params: dict[str, Any], actor: str) -> Any:
@@ -248,7 +251,7 @@ class ControlServer:
     async def _set_service(self, params: dict[str, Any], actor: str) -> Any:
         enabled = params["enabled"]
         if not isinstance(enabled, bool):
-            raise ValueError("enabled must be true or false")
+            raise _bad_params("enabled must be true or false")
         return self.engine.set_service(enabled, str(params.get("reason") or ""), actor)
 
     async def _backup_key_share(self, params: dict[str, Any], actor: str) -> Any:
@@ -279,7 +282,7 @@ class ControlServer:
     async def _attestations(self, params: dict[str, Any], actor: str) -> Any:
         after, limit = params.get("after", -1), params.get("limit", 100)
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (after, limit)):
-            raise ValueError("after and limit must be integers")
+            raise _bad_params("after and limit must be integers")
         return self.engine.signed_attestations(after, limit)
 
     async def _test_burn(self, params: dict[str, Any], actor: str) -> Any:
@@ -289,7 +292,7 @@ class ControlServer:
     async def _test_consolidate_fees(self, params: dict[str, Any], actor: str) -> Any:
         coordinate = params.get("coordinate", True)
         if not isinstance(coordinate, bool):
-            raise ValueError("coordinate must be true or false")
+            raise _bad_params("coordinate must be true or false")
         if coordinate:
             self.engine.require_signing()
         return await self.engine.payouts.consolidate(
@@ -309,7 +312,7 @@ class ControlServer:
     async def _set_policy(self, params: dict[str, Any], actor: str) -> Any:
         changes = params.get("policy")
         if not isinstance(changes, dict):
-            raise ValueError("policy must be an object of the fields to change")
+            raise _bad_params("policy must be an object of the fields to change")
         return self.engine.payouts.set_policy(changes, actor)
 
     async def _audit_key(self, params: dict[str, Any], actor: str) -> Any:
@@ -324,7 +327,7 @@ class ControlServer:
     async def _audit_verify(self, params: dict[str, Any], actor: str) -> Any:
         key = params.get("key")
         if not isinstance(key, str):
-            raise ValueError("key must be the journal's verification key")
+            raise _bad_params("key must be the journal's verification key")
         trigger = self.engine.config.engine_socket.parent / ROTATE_REQUEST
         rotate = (
             trigger if Path("/usr/lib/systemd/system/wire-journal-rotate.path").exists() else None
@@ -338,8 +341,22 @@ class ControlServer:
 def _optional(params: dict[str, Any], name: str) -> str | None:
     value = params.get(name)
     if value is not None and not isinstance(value, str):
-        raise ValueError(f"{name} must be a string")
+        raise _bad_params(f"{name} must be a string")
     return value
+
+
+def _bad_params(message: str) -> CommandError:
+    """A command's params are not what it takes: the API's schema refuses such bodies first,
+    so this answers callers of the socket itself (and a compromised API)."""
+    return CommandError("bad-request", message)
+
+
+class _Params(dict[str, Any]):
+    """A request's params: reading one the caller left out is the caller's mistake, answered
+    as such, where any other KeyError is a bug (answered as internal-error)."""
+
+    def __missing__(self, name: str) -> Any:
+        raise _bad_params(f"params.{name} is required")
 
 
 class EngineClient:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from hsm.vault import write_private_file
 
 __all__ = [
     "ROTATE_REQUEST",
+    "ROTATION_SPACING",
     "SEALING_INTERVAL",
     "VERIFICATION_KEY",
     "evolve_sealing_key",
@@ -32,6 +34,11 @@ JOURNAL_DIR = Path("/var/log/journal")
 KEY_TAKEN = "journal-verification-key.taken"
 SEALING_INTERVAL = 15 * 60  # seconds: journald seals and evolves its key this often
 ROTATE_REQUEST = "rotate-journal"  # in the engine's runtime directory: see verify_journal
+# A rotation restarts journald: at most one per ROTATION_SPACING, far below systemd's start
+# limit (5 in 10 s), which would leave the node without journald and so refusing every
+# state change; and one archived file per rotation, not one per call.
+ROTATION_SPACING = 5 * 60  # seconds
+_verifying = threading.Lock()  # one verification at a time: each runs journalctl on every file
 
 
 def take_verification_key(state_dir: Path) -> str:
@@ -121,19 +128,50 @@ def verify_journal(key: str, rotate: Path | None = None, timeout: float = 600.0)
     """`journalctl --verify` of the sealed journal files with the sealing verification key
     an admin holds: every seal must check (a file changed after sealing fails). The active
     files are still being written; with `rotate` (the image's wire-journal-rotate.path)
-    they are sealed and archived first, so the files checked run up to this request."""
+    they are sealed and archived first, so the files checked run up to this request, unless
+    a rotation was asked less than ROTATION_SPACING ago: then the files checked run up to
+    that one, and the answer's `rotation` says so. One verification runs at a time; another
+    asked meanwhile is refused (`rate-limited`)."""
     if not KEY_FORM.fullmatch(key):
         raise CommandError("bad-key", "not a journal verification key (as journalctl "
                            "--setup-keys prints it: hex-hex/hex-hex)")  # fmt: skip
+    if not _verifying.acquire(blocking=False):
+        raise CommandError(
+            "rate-limited",
+            "a journal verification is running on this node already: ask again when it answered",
+        )
+    try:
+        rotation = request_rotation(rotate, time.time()) if rotate is not None else None
+        return {**_verify_sealed_files(key, timeout), "rotation": rotation}
+    finally:
+        _verifying.release()
+
+
+def request_rotation(trigger: Path, now: float) -> dict[str, Any]:
+    """Asks wire-journal-rotate for a rotation by writing `trigger`, and waits for the files
+    it archives; or, when the trigger was written less than ROTATION_SPACING before `now`,
+    asks nothing. The trigger's time is the last request's, so the spacing holds across
+    restarts of the engine; a time in the future (a clock set back) does not hold it up."""
+    try:
+        last = trigger.stat().st_mtime
+    except FileNotFoundError:
+        last = None
+    if last is not None and 0 <= now - last < ROTATION_SPACING:
+        return {"rotated": False, "at": last, "next_after": last + ROTATION_SPACING}
     before = len(sealed_files())
-    if rotate is not None:
-        rotate.write_text(f"{time.time()}\n")
-        deadline = time.monotonic() + 60
-        while len(sealed_files()) <= before:
-            if time.monotonic() > deadline:
-                raise CommandError("no-rotation", "the journal was not rotated within 60 s "
-                                   "(wire-journal-rotate.path)")  # fmt: skip
-            time.sleep(0.5)
+    trigger.write_text(f"{now}\n")  # wire-journal-rotate.path sees it; so would a touch
+    asked = trigger.stat().st_mtime  # what a later request compares with
+    deadline = time.monotonic() + 60
+    while len(sealed_files()) <= before:
+        if time.monotonic() > deadline:
+            raise CommandError(
+                "no-rotation", "the journal was not rotated within 60 s (wire-journal-rotate.path)"
+            )
+        time.sleep(0.5)
+    return {"rotated": True, "at": asked, "next_after": asked + ROTATION_SPACING}
+
+
+def _verify_sealed_files(key: str, timeout: float) -> dict[str, Any]:
     files = sealed_files()
     if not files:
         return {"passed": False, "files": [], "problem": "no archived journal file yet"}

@@ -1,13 +1,18 @@
-"""Reading JSON objects strictly: every field typed, unknown fields refused, errors naming
-the field. Used for the configuration file and for every mesh payload.
+"""Reading JSON strictly: text that only JSON's grammar allows (`loads`), then objects field by
+field, every field typed, unknown fields refused, errors naming the field. Used for the
+configuration file, every mesh payload, the engine's control socket and the API's bodies.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 __all__ = [
+    "MAX_DEPTH",
+    "NotJson",
     "StrictObject",
     "as_bool",
     "as_hex",
@@ -15,10 +20,78 @@ __all__ = [
     "as_list",
     "as_string",
     "hex_of",
+    "loads",
 ]
 
 T = TypeVar("T")
 Reader = Callable[[Any, str], T]
+
+MAX_DEPTH = 32  # levels of arrays and objects: the deepest request of the bridge has 4
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class NotJson(ValueError):
+    """Text refused by `loads`; the message says what is wrong and where, for the sender."""
+
+
+def loads(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
+    """The value of JSON text received from outside, refusing what Python's `json` lets
+    through but JSON does not mean: NaN and Infinity (also as numbers too large for a float),
+    repeated keys (a reader that keeps the first would see another request), unpaired
+    surrogates (no UTF-8 can carry them on), and nesting deeper than `max_depth`. Bytes must
+    be UTF-8."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:
+        raise NotJson(f"not UTF-8 (byte {exc.start})") from None
+    try:
+        value = json.loads(
+            text, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_unique
+        )
+    except NotJson:
+        raise
+    except json.JSONDecodeError as exc:
+        raise NotJson(f"not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except ValueError:  # int() of more digits than Python converts
+        raise NotJson("not JSON this node reads: a number with too many digits") from None
+    except RecursionError:
+        raise NotJson(f"nested deeper than {max_depth} levels") from None
+    _check_strings_and_depth(value, max_depth)
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise NotJson(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        raise NotJson(f"{text[:32]} is beyond the range of numbers this node reads")
+    return number
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in value:
+            raise NotJson(f"key {key[:64]!r} is repeated in an object")
+        value[key] = item
+    return value
+
+
+def _check_strings_and_depth(value: Any, max_depth: int) -> None:
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                raise NotJson("a string holds an unpaired surrogate (\\ud800 to \\udfff)")
+        elif isinstance(item, list | dict):
+            if depth > max_depth:
+                raise NotJson(f"nested deeper than {max_depth} levels")
+            children = [*item, *item.values()] if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
 
 
 class StrictObject:

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from systemd import journal
 
 from appliance import sealing
 from appliance.boot import seal_journal
+from appliance.errors import CommandError
 
 CONF = "[Journal]\nStorage=persistent\nSeal=yes\nSyncIntervalSec=1s\n"
 
@@ -57,6 +59,56 @@ class Journald:
         self.stop()
         self.start()
         subprocess.run(["journalctl", "--rotate"], check=True)
+
+
+class RotationUnit:
+    """What wire-journal-rotate.path and its service do: when the engine writes the trigger
+    file, restart journald and rotate. It counts the restarts; `hold()` makes it wait before
+    the next one until `release()`, to catch a verification in the middle."""
+
+    def __init__(self, journald: Journald, trigger: Path) -> None:
+        self.journald = journald
+        self.trigger = trigger
+        self.restarts = 0
+        self._free = threading.Event()
+        self._free.set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> RotationUnit:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._free.set()
+        self._thread.join(30)
+
+    def hold(self) -> None:
+        self._free.clear()
+
+    def release(self) -> None:
+        self._free.set()
+
+    def _watch(self) -> None:
+        seen = self._written()
+        while not self._stop.is_set():
+            written = self._written()
+            if written and written != seen:  # empty: caught between truncating and writing
+                seen = written
+                self._free.wait()
+                if not self._stop.is_set():
+                    self.journald.restart_and_rotate()
+                    self.restarts += 1
+            time.sleep(0.02)  # systemd watches with inotify; polling stands in for it here
+
+    def _written(self) -> str | None:
+        """What the trigger says: each request writes its own time. (The test moves the
+        file's time to stand for time passing, which is no request.)"""
+        try:
+            return self.trigger.read_text()
+        except FileNotFoundError:
+            return None
 
 
 def log(*lines: str) -> None:
@@ -135,6 +187,7 @@ def scenario(state_dir: Path, journald: Journald) -> dict[str, Any]:
     seen["keys_kept_after_taking"] = next(directory.glob("fss")).read_bytes()[:64] == fss[:64]
     seen["clean"] = sealing.verify_journal(key)
     seen["wrong_key"] = sealing.verify_journal("0" * 24 + "/" + key.split("/")[1])
+    seen["repeated_verification"] = repeated_verification(state_dir, journald, key)
 
     # A power loss: the active file is left online; journald sets it aside on restart.
     log("burn accepted before the power loss")
@@ -150,6 +203,50 @@ def scenario(state_dir: Path, journald: Journald) -> dict[str, Any]:
     seen["tampered_file"] = target.name
     seen["flipped"] = flip(target, b"tamper-target-1")
     seen["tampered"] = sealing.verify_journal(key)
+    return seen
+
+
+def repeated_verification(state_dir: Path, journald: Journald, key: str) -> dict[str, Any]:
+    """`audit-verify` asked again and again, as the engine runs it with the image's rotation
+    unit: journald restarted at most once per ROTATION_SPACING, one verification at a time."""
+    seen: dict[str, Any] = {}
+    trigger = state_dir / sealing.ROTATE_REQUEST
+    with RotationUnit(journald, trigger) as unit:
+        log("before the first audit-verify")
+        seen["first"] = sealing.verify_journal(key, trigger)
+        seen["second"] = sealing.verify_journal(key, trigger)
+        seen["restarts_after_two_calls"] = unit.restarts
+
+        # The spacing has passed (the trigger was written that long ago); the rotation unit
+        # is slow, so a second verification arrives while the first one waits for it.
+        back = time.time() - sealing.ROTATION_SPACING - 1
+        os.utime(trigger, (back, back))
+        unit.hold()
+        answers: list[Any] = []
+        first = threading.Thread(
+            target=lambda: answers.append(sealing.verify_journal(key, trigger))
+        )
+        first.start()
+        deadline = time.monotonic() + 30
+        while trigger.stat().st_mtime <= back + 1:  # written: the first one is rotating
+            if time.monotonic() > deadline:
+                raise RuntimeError("the first verification did not ask for a rotation")
+            time.sleep(0.02)
+        try:
+            sealing.verify_journal(key, trigger)
+            seen["meanwhile"] = "answered"
+        except CommandError as exc:
+            seen["meanwhile"] = exc.code
+        unit.release()
+        first.join(120)
+        seen["after_the_spacing"] = answers[0]
+        seen["restarts_after_the_spacing"] = unit.restarts
+
+        # A clock set back leaves the last request in the future: it holds nothing up.
+        ahead = time.time() + 3600
+        os.utime(trigger, (ahead, ahead))
+        seen["clock_set_back"] = sealing.verify_journal(key, trigger)
+        seen["restarts_in_all"] = unit.restarts
     return seen
 
 

@@ -17,7 +17,12 @@ from typing import Any
 
 import pytest
 
-from appliance.sealing import evolve_sealing_key, parse_verify_output, unsealed_after_sealing
+from appliance.sealing import (
+    ROTATION_SPACING,
+    evolve_sealing_key,
+    parse_verify_output,
+    unsealed_after_sealing,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,6 +63,32 @@ def test_the_archived_files_verify_sealed_up_to_the_rotation(lab) -> None:
     sealed = [f for f in clean["files"] if f.get("coverage", "").startswith("Validated")]
     assert sealed, clean["files"]
     assert all(f["passed"] and not f["set_aside"] for f in clean["files"])
+
+
+def test_audit_verify_restarts_journald_at_most_once_per_spacing(lab) -> None:
+    # Every restart counts toward systemd's start limit of journald; past it, journald stays
+    # down and the node refuses every state change (its audit records cannot be written).
+    seen = lab["repeated_verification"]
+    first, second = seen["first"], seen["second"]
+    assert first["rotation"]["rotated"], first
+    assert first["passed"], first
+    assert not second["rotation"]["rotated"], second["rotation"]
+    assert second["rotation"]["at"] == first["rotation"]["at"]
+    assert second["rotation"]["next_after"] == first["rotation"]["at"] + ROTATION_SPACING
+    assert second["passed"], second  # it still checks every archived file
+    assert seen["restarts_after_two_calls"] == 1
+    assert seen["after_the_spacing"]["rotation"]["rotated"]
+    assert seen["restarts_after_the_spacing"] == 2
+
+
+def test_one_audit_verify_at_a_time(lab) -> None:
+    assert lab["repeated_verification"]["meanwhile"] == "rate-limited"
+
+
+def test_a_clock_set_back_does_not_hold_rotations_up(lab) -> None:
+    seen = lab["repeated_verification"]
+    assert seen["clock_set_back"]["rotation"]["rotated"]
+    assert seen["restarts_in_all"] == 3
 
 
 def test_a_wrong_key_fails(lab) -> None:

@@ -5,6 +5,7 @@ state change whose audit record cannot be written."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -412,14 +413,18 @@ def test_sessions_expire(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("role", ["admin", "auditor"])
 def test_schemathesis_finds_no_server_error(http: Http, team, api_cluster, role) -> None:
-    """Generated requests against the live socket: no 5xx but the documented 501/503, and
-    every answer as documented. Operator routes start real ceremonies, so the operator's
-    reach is covered by the role test instead; logging out would end the session."""
+    """Generated requests against the live socket, within the schema and breaking it: no 5xx
+    but the documented 501/503, and every answer as documented. Operator routes start real
+    ceremonies, so the operator's reach is covered by the role test instead; logging out
+    would end the session. What no JSON encoder writes (NaN, deep nesting) is fuzzed by
+    test_request_edges.py."""
     import requests
     import schemathesis
     from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
     from requests_unixsocket.adapters import UnixHTTPConnectionPool
     from schemathesis.checks import not_a_server_error
+    from schemathesis.generation import GenerationMode
 
     _, document = http.call("GET", "/v1/openapi.json", token=team[role].token)
     schema = schemathesis.openapi.from_dict(document).exclude(path="/v1/session", method="DELETE")
@@ -439,11 +444,11 @@ def test_schemathesis_finds_no_server_error(http: Http, team, api_cluster, role)
     failures = []
     calls = 0
 
-    def explore(op: Any) -> None:
+    def explore(op: Any, mode: GenerationMode) -> None:
         @settings(
             max_examples=8, deadline=None, database=None, suppress_health_check=list(HealthCheck)
         )
-        @given(case=op.as_strategy())
+        @given(case=op.as_strategy(generation_mode=mode))
         def run(case: Any) -> None:
             nonlocal calls
             calls += 1
@@ -467,6 +472,9 @@ def test_schemathesis_finds_no_server_error(http: Http, team, api_cluster, role)
         run()
 
     for operation in schema.get_all_operations():
-        explore(operation.ok())
-    assert calls > 100
+        explore(operation.ok(), GenerationMode.POSITIVE)
+        # And requests that break the schema on purpose (unless it has nothing to break).
+        with contextlib.suppress(Unsatisfiable):
+            explore(operation.ok(), GenerationMode.NEGATIVE)
+    assert calls > 200
     assert failures == [], "\n".join(sorted({repr(f[:3]) for f in failures}))
