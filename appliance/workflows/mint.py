@@ -5,7 +5,9 @@ A node signs an attestation only for a deposit its own bitcoind shows confirmed 
 view's rule: 6 confirmations, 12 after a fork), with the amount, recipient and block the
 attestation states, while minting is not paused. Each node binds a deposit to one
 attestation sequence number when it first signs it and refuses any other binding, of the
-deposit or of the sequence: so a deposit is attested once, whoever coordinates.
+deposit or of the sequence. Two disjoint sets of honest nodes can still each sign one
+attestation of a deposit for a malicious coordinator: the Wire system mints once per
+(network, txid, vout) (`appliance.wire.attestation.MintLedger`), which makes that harmless.
 """
 
 from __future__ import annotations
