@@ -41,7 +41,7 @@ from appliance.chain.service import ChainService
 from appliance.config import NodeConfig
 from appliance.crashpoint import crash_point
 from appliance.errors import CommandError
-from appliance.frost import KeyShare, PublicKeyPackage
+from appliance.frost import CIPHERSUITES, KeyShare, PublicKeyPackage
 from appliance.mesh.envelope import Envelope
 from appliance.mesh.transport import Mesh
 from appliance.metrics import CEREMONY_KINDS, EngineMetrics, Snapshot
@@ -66,9 +66,16 @@ from hsm.backup import (
     load_recovery_key,
     restore_backup,
 )
-from hsm.errors import HsmError
+from hsm.errors import (
+    BackupFormatError,
+    BackupIntegrityError,
+    ForeignBackupError,
+    HsmError,
+    UnknownKeyError,
+    WrongPassphraseError,
+)
 from hsm.keystore import Keystore
-from hsm.vault import ShareVault
+from hsm.vault import ShareRecord, ShareVault, open_share
 
 __all__ = ["CommandError", "Engine"]
 
@@ -80,6 +87,24 @@ SERVICE_DISABLED = "service-disabled"
 ATTESTATIONS_PUSHED = "attestations-pushed"  # reason: the last sequence the Wire system acked
 PENDING_PER_CEREMONY = 256
 PENDING_CEREMONIES = 16
+KEY_RECORD = re.compile(r"(?P<name>[a-z]+)-(?P<epoch>0|[1-9][0-9]{0,8})")
+KEY_CEREMONIES = ("dkg", "refresh")  # the ceremony kinds that make keys
+# A refused restore's error code, by the first matching error type.
+RESTORE_REFUSALS: list[tuple[type[HsmError], str]] = [
+    (UnknownKeyError, "unknown-key"),
+    (ForeignBackupError, "foreign-backup"),
+    (BackupIntegrityError, "share-mismatch"),
+    (WrongPassphraseError, "wrong-passphrase"),
+    (BackupFormatError, "bad-backup"),
+    (HsmError, "restore-refused"),
+]
+
+
+def key_package(key: KeyRow) -> PublicKeyPackage:
+    """The public key package a key record holds (with its verifying shares)."""
+    return PublicKeyPackage(
+        CIPHERSUITES[key.ciphersuite], key.threshold, key.group_key, key.verifying_shares
+    )
 
 
 class Coalesced:
@@ -188,16 +213,32 @@ class Engine:
             raise
 
     def open_share(self, key_name: str) -> KeyShare:
-        key = self.store.active_key(key_name)
-        if key is None:
-            raise CommandError("no-key", f"this node holds no active {key_name} key; run the DKG")
-        return self.vault.open(self.keystore, f"{key_name}-{key.epoch}")
+        return open_share(self.keystore, self._active_record(key_name))
 
     def public_package(self, key_name: str) -> PublicKeyPackage:
+        return self._active_record(key_name).public
+
+    def _active_record(self, key_name: str) -> ShareRecord:
+        """The vault's record of the active epoch, refused unless it holds the key the
+        store recorded from the ceremony (a record put there some other way is not used)."""
         key = self.store.active_key(key_name)
         if key is None:
             raise CommandError("no-key", f"this node holds no active {key_name} key; run the DKG")
-        return self.vault.load(f"{key_name}-{key.epoch}").public
+        record = self.vault.load(f"{key_name}-{key.epoch}")
+        public = record.public
+        if (
+            public.suite.context.decode() != key.ciphersuite
+            or public.group_key != key.group_key
+            or public.threshold != key.threshold
+            or (key.verifying_shares and public.verifying_shares != key.verifying_shares)
+        ):
+            raise CommandError(
+                "key-mismatch",
+                f"the vault's record of {key_name} epoch {key.epoch} holds key "
+                f"{public.fingerprint}, not the key {key.fingerprint} this node recorded; "
+                "restore the share from a backup",
+            )
+        return record
 
     def group_key(self, key_name: str) -> bytes:
         key = self.store.active_key(key_name)
@@ -809,8 +850,11 @@ class Engine:
     def restore_key_share(
         self, backup: str, passphrase: str | None, recovery_key: str | None, actor: str
     ) -> dict[str, Any]:
-        """Check a backup against this node, seal its share under this node's HSM, and make
-        its key known to the store if it is not (a node rebuilt from scratch)."""
+        """Put this node's share of a key it holds back into the vault from a backup, sealed
+        by this node's HSM. Only a share of the active epoch of a key this node's own DKG or
+        key rotation made, matching this node's verifying share in that key's recorded
+        public package, is accepted; everything is checked before anything is written, and
+        the store (which key is active) is never changed."""
         try:
             data = base64.b64decode(backup, validate=True)
         except ValueError as exc:
@@ -825,26 +869,60 @@ class Engine:
             me = self.config.me
             record = restore_backup(
                 self.vault, self.keystore, data, unlock,
-                self.config.cluster_id, me.node_id, me.identifier,
+                self.config.cluster_id, me.node_id, me.identifier, self.known_key,
             )  # fmt: skip
         except HsmError as exc:
-            self.audit("key.restore", "refused", f"restore refused: {exc}", actor=actor)
-            raise CommandError("restore-refused", str(exc)) from exc
-        name, _, epoch_text = record.key_name.rpartition("-")
-        epoch = int(epoch_text)
-        known = {(k.name, k.epoch) for k in self.store.key_records()}
-        if (name, epoch) not in known:
-            public = record.public
-            self.store.add_key(
-                KeyRow(name, epoch, public.suite.context.decode(), public.group_key,
-                       public.fingerprint, public.threshold, "active", "restored")
-            )  # fmt: skip
+            code = next(c for kind, c in RESTORE_REFUSALS if isinstance(exc, kind))
+            self.audit(
+                "key.restore",
+                "refused",
+                f"restore refused ({code}): {exc}",
+                actor=actor,
+                reason=code,
+            )
+            raise CommandError(code, str(exc)) from exc
+        name, _, epoch = record.key_name.rpartition("-")
         self.audit(
             "key.restore", "success",
             f"share of {record.key_name} ({record.public.fingerprint}) restored by {actor}",
             actor=actor, key=name, fingerprint=record.public.fingerprint,
         )  # fmt: skip
-        return {"key": name, "epoch": epoch, "fingerprint": record.public.fingerprint}
+        return {"key": name, "epoch": int(epoch), "fingerprint": record.public.fingerprint}
+
+    def known_key(self, record_name: str) -> PublicKeyPackage:
+        """The public key package of a vault record name ("custody-1") that names the active
+        epoch of a key this node's own DKG or key rotation made; `UnknownKeyError` for any
+        other name."""
+        match = KEY_RECORD.fullmatch(record_name)
+        if match is None or match["name"] not in BRIDGE_KEYS:
+            raise UnknownKeyError(
+                f"backup key {record_name!r} is not <key>-<epoch> with a key among "
+                f"{sorted(BRIDGE_KEYS)} and a decimal epoch"
+            )
+        name, epoch = match["name"], int(match["epoch"])
+        key = self.store.key(name, epoch)
+        if key is None:
+            raise UnknownKeyError(
+                f"this node holds no {name} key of epoch {epoch}: a restore only puts back a "
+                "share of a key this node made in its own DKG or key rotation"
+            )
+        if key.state != "active":
+            raise UnknownKeyError(
+                f"{name} epoch {epoch} is {key.state} on this node: only the share of the "
+                "active epoch can be restored"
+            )
+        made_by = self.store.ceremony(key.ceremony_id)
+        if made_by is None or made_by.kind not in KEY_CEREMONIES:
+            raise UnknownKeyError(
+                f"{name} epoch {epoch} was not made by a DKG or key rotation of this node "
+                f"(recorded by {key.ceremony_id!r})"
+            )
+        if not key.verifying_shares:
+            raise UnknownKeyError(
+                f"{name} epoch {epoch} was recorded before this node kept its verifying "
+                "shares: rotate the keys (key-rotation) and take new backups"
+            )
+        return key_package(key)
 
     def node_identity(self) -> dict[str, Any]:
         """`init`: what the other operators need to configure this node as a party."""

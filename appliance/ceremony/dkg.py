@@ -139,6 +139,7 @@ class DkgCeremony(KeyCeremony):
                         share.threshold,
                         "active",
                         self.id,
+                        share.public.verifying_shares,
                     )
                 )
         for name, share in shares.items():

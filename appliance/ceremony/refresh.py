@@ -166,6 +166,7 @@ class RefreshCeremony(KeyCeremony):
                         share.threshold,
                         "pending",
                         self.id,
+                        share.public.verifying_shares,
                     )
                 )
 
