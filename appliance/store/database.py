@@ -71,6 +71,9 @@ class Store:
         self._db.row_factory = sqlite3.Row
         self._depth = 0
         self._deferred: list[tuple[str, tuple[Any, ...]]] = []
+        # The latest accepted sequence per peer, written with the next transaction: one
+        # entry per peer however many envelopes arrive meanwhile.
+        self._sequences: dict[int, int] = {}
         mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal":
             raise StoreError(f"{path}: SQLite refused WAL mode ({mode})")
@@ -120,14 +123,20 @@ class Store:
         self._db.execute("BEGIN IMMEDIATE")
         self._depth = 1
         carried, self._deferred = self._deferred, []
+        sequences, self._sequences = self._sequences, {}
         try:
             for sql, parameters in carried:
                 self._db.execute(sql, parameters)
+            if sequences:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO peer_sequences VALUES (?, ?)", sequences.items()
+                )
             yield
         except BaseException:
             self._db.execute("ROLLBACK")
             # What waited before this transaction waits again; what it queued is dropped.
             self._deferred = carried
+            self._sequences = sequences | self._sequences
             raise
         else:
             self._db.execute("COMMIT")
@@ -186,9 +195,7 @@ class Store:
     # -- replay protection ---------------------------------------------------------------
     def remember_sequence(self, sender: int, sequence: int) -> None:
         """The latest sequence accepted from a peer (written with the next transaction)."""
-        self._deferred.append(
-            ("INSERT OR REPLACE INTO peer_sequences VALUES (?, ?)", (sender, sequence))
-        )
+        self._sequences[sender] = sequence
 
     def peer_sequences(self) -> dict[int, int]:
         self.flush()
@@ -210,7 +217,7 @@ class Store:
 
     def flush(self) -> None:
         """Write the queued records now (durably)."""
-        if self._deferred:
+        if self._deferred or self._sequences:
             with self.transaction():
                 pass
 
