@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from appliance.audit import JOURNAL_SOCKET, AuditUnavailableError, audit
-from appliance.ceremony.base import BRIDGE_KEYS, Ceremony, MalformedPayload
+from appliance.ceremony.base import BRIDGE_KEYS, Arrival, Ceremony, MalformedPayload
+from appliance.ceremony.budget import PeerBudget, held_size
 from appliance.ceremony.dkg import DkgCeremony
+from appliance.ceremony.keygen import key_round_limits
 from appliance.ceremony.refresh import RefreshCeremony
 from appliance.ceremony.requests import (
     POLICIES,
@@ -41,7 +43,7 @@ from appliance.chain.service import ChainService
 from appliance.config import NodeConfig
 from appliance.crashpoint import crash_point
 from appliance.errors import CommandError
-from appliance.frost import KeyShare, PublicKeyPackage
+from appliance.frost import CIPHERSUITES, KeyShare, PublicKeyPackage
 from appliance.mesh.envelope import Envelope
 from appliance.mesh.transport import Mesh
 from appliance.metrics import CEREMONY_KINDS, EngineMetrics, Snapshot
@@ -71,9 +73,16 @@ from hsm.backup import (
     load_recovery_key,
     restore_backup,
 )
-from hsm.errors import HsmError
+from hsm.errors import (
+    BackupFormatError,
+    BackupIntegrityError,
+    ForeignBackupError,
+    HsmError,
+    UnknownKeyError,
+    WrongPassphraseError,
+)
 from hsm.keystore import Keystore
-from hsm.vault import ShareVault
+from hsm.vault import ShareRecord, ShareVault, open_share
 
 __all__ = ["CommandError", "Engine"]
 
@@ -83,8 +92,32 @@ CEREMONY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 APPROVAL_SECONDS = 3600
 SERVICE_DISABLED = "service-disabled"
 ATTESTATIONS_PUSHED = "attestations-pushed"  # reason: the last sequence the Wire system acked
-PENDING_PER_CEREMONY = 256
-PENDING_CEREMONIES = 16
+# What a peer can make this node hold (appliance.ceremony.budget, `_hold`, `_join_signing`).
+PEER_BUDGET = 32 << 20
+"""Bytes held for one peer at most: two of the largest requests and packages the mesh
+takes, as raw envelopes and payload copies; an honest peer's ceremonies hold kilobytes."""
+PENDING_PER_PEER = 4  # unconsented DKGs and rotations of one peer held (an honest one: 1)
+JOINED_PER_PEER = 8  # signing ceremonies one peer coordinates with this node at once
+REFUSAL_KEYS = 256  # peers and kinds of refusal counted apart for the audit's rate limit
+HELD_ROUNDS = {f"{kind.prefix}.round1" for kind in (DkgCeremony, RefreshCeremony)}
+KEY_RECORD = re.compile(r"(?P<name>[a-z]+)-(?P<epoch>0|[1-9][0-9]{0,8})")
+KEY_CEREMONIES = ("dkg", "refresh")  # the ceremony kinds that make keys
+# A refused restore's error code, by the first matching error type.
+RESTORE_REFUSALS: list[tuple[type[HsmError], str]] = [
+    (UnknownKeyError, "unknown-key"),
+    (ForeignBackupError, "foreign-backup"),
+    (BackupIntegrityError, "share-mismatch"),
+    (WrongPassphraseError, "wrong-passphrase"),
+    (BackupFormatError, "bad-backup"),
+    (HsmError, "restore-refused"),
+]
+
+
+def key_package(key: KeyRow) -> PublicKeyPackage:
+    """The public key package a key record holds (with its verifying shares)."""
+    return PublicKeyPackage(
+        CIPHERSUITES[key.ciphersuite], key.threshold, key.group_key, key.verifying_shares
+    )
 
 
 class Coalesced:
@@ -166,8 +199,9 @@ class Engine:
         }
         self.ceremonies: dict[str, Ceremony] = {}
         self.finished: collections.OrderedDict[str, float] = collections.OrderedDict()
-        self.pending: dict[str, list[Envelope]] = {}
+        self.pending: dict[str, dict[int, Envelope]] = {}  # unconsented: ceremony, sender
         self.pending_since: dict[str, float] = {}
+        self.budget = PeerBudget(PEER_BUDGET)
         self.started = time.time()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._attesting = Coalesced(self._auto_attest, self._tasks, "auto-attest")
@@ -193,16 +227,32 @@ class Engine:
             raise
 
     def open_share(self, key_name: str) -> KeyShare:
-        key = self.store.active_key(key_name)
-        if key is None:
-            raise CommandError("no-key", f"this node holds no active {key_name} key; run the DKG")
-        return self.vault.open(self.keystore, f"{key_name}-{key.epoch}")
+        return open_share(self.keystore, self._active_record(key_name))
 
     def public_package(self, key_name: str) -> PublicKeyPackage:
+        return self._active_record(key_name).public
+
+    def _active_record(self, key_name: str) -> ShareRecord:
+        """The vault's record of the active epoch, refused unless it holds the key the
+        store recorded from the ceremony (a record put there some other way is not used)."""
         key = self.store.active_key(key_name)
         if key is None:
             raise CommandError("no-key", f"this node holds no active {key_name} key; run the DKG")
-        return self.vault.load(f"{key_name}-{key.epoch}").public
+        record = self.vault.load(f"{key_name}-{key.epoch}")
+        public = record.public
+        if (
+            public.suite.context.decode() != key.ciphersuite
+            or public.group_key != key.group_key
+            or public.threshold != key.threshold
+            or (key.verifying_shares and public.verifying_shares != key.verifying_shares)
+        ):
+            raise CommandError(
+                "key-mismatch",
+                f"the vault's record of {key_name} epoch {key.epoch} holds key "
+                f"{public.fingerprint}, not the key {key.fingerprint} this node recorded; "
+                "restore the share from a backup",
+            )
+        return record
 
     def group_key(self, key_name: str) -> bytes:
         key = self.store.active_key(key_name)
@@ -245,44 +295,81 @@ class Engine:
             return
         ceremony = self.ceremonies.get(envelope.ceremony_id)
         if ceremony is not None:
-            ceremony.receive(envelope)
+            self._offer(ceremony, envelope)
         elif envelope.ceremony_id in self.finished:
             log.debug("late %s for finished ceremony %s", envelope.round, envelope.ceremony_id)
         elif envelope.round.startswith("sign.request."):
             self._join_signing(envelope)
-        elif envelope.round.startswith(("dkg.", "refresh.")):
+        elif envelope.round in HELD_ROUNDS:
             self._hold(envelope)
         else:
-            self.refuse(
-                "mesh.message-rejected",
-                "unknown-ceremony",
-                {
-                    "peer": str(envelope.sender),
-                    "detail": f"{envelope.round} {envelope.ceremony_id}",
-                },
+            self._reject(envelope, "unknown-ceremony", f"{envelope.round} {envelope.ceremony_id}")
+
+    def _reject(self, envelope: Envelope, reason: str, detail: str) -> None:
+        self.refuse(
+            "mesh.message-rejected", reason, {"peer": str(envelope.sender), "detail": detail}
+        )
+
+    def _offer(self, ceremony: Ceremony, envelope: Envelope, charged: bool = False) -> None:
+        """Give a running ceremony an envelope if it runs that round with that sender, and
+        the sender's budget holds it (`charged`: counted already, while it was held)."""
+        size = held_size(envelope)
+        refusal = ceremony.refusal(envelope)
+        if refusal is None and not charged:
+            charged = self.budget.take(ceremony.id, envelope.sender, size)
+            if not charged:
+                refusal = (
+                    "over-budget",
+                    (
+                        f"{envelope.round} of {ceremony.id}: {self.budget.held(envelope.sender)} "
+                        f"bytes are held for this peer already, at most {self.budget.limit}"
+                    ),
+                )
+        if refusal is not None:
+            if charged:
+                self.budget.give_back(ceremony.id, envelope.sender, size)
+            self._reject(envelope, *refusal)
+            return
+        arrival = ceremony.receive(envelope)
+        if not arrival.kept:
+            self.budget.give_back(ceremony.id, envelope.sender, size)
+        if arrival in (Arrival.CONFLICT, Arrival.DROPPED):
+            self._reject(
+                envelope,
+                "conflicting",
+                f"a second, different {envelope.round} of {ceremony.id}"
+                + (" (kept as evidence)" if arrival is Arrival.CONFLICT else ""),
             )
 
     def _join_signing(self, envelope: Envelope) -> None:
+        joined = [
+            c
+            for c in self.ceremonies.values()
+            if isinstance(c, SigningParticipant) and c.coordinator == envelope.sender
+        ]
+        if len(joined) >= JOINED_PER_PEER:
+            self._reject(
+                envelope,
+                "too-many-ceremonies",
+                f"{len(joined)} signing ceremonies of this peer are running",
+            )
+            return
         try:
             request = SigningRequest.from_json(json.loads(envelope.payload)["request"])
         except (ValueError, KeyError, TypeError) as exc:
-            self.refuse(
-                "mesh.message-rejected",
-                "malformed",
-                {"peer": str(envelope.sender), "detail": f"sign.request: {exc}"},
-            )
+            self._reject(envelope, "malformed", f"sign.request: {exc}")
             return
         ceremony = SigningParticipant(self, envelope.ceremony_id, envelope.sender, request)
+        refusal = ceremony.refusal(envelope)
+        if refusal is not None:
+            self._reject(envelope, *refusal)
+            return
         try:
             self._start(ceremony)
         except CommandError as exc:
-            self.refuse(
-                "mesh.message-rejected",
-                "duplicate-ceremony",
-                {"peer": str(envelope.sender), "detail": str(exc)},
-            )
+            self._reject(envelope, "duplicate-ceremony", str(exc))
             return
-        ceremony.receive(envelope)
+        self._offer(ceremony, envelope)
 
     def _judge_blame(self, envelope: Envelope) -> None:
         """A coordinator names a signer of a bad share: check the evidence ourselves."""
@@ -303,32 +390,54 @@ class Engine:
         )  # fmt: skip
 
     def _hold(self, envelope: Envelope) -> None:
-        """Keep early DKG/refresh messages until this node's operator consents (bounded)."""
+        """Keep a peer's round-1 envelope of a DKG or key rotation this node's operator has
+        not consented to yet: the only envelope a peer sends before every party's round 1
+        is in. One per ceremony and peer, for at most PENDING_PER_PEER ceremonies of each
+        peer, within its byte budget, for ten rounds."""
         now = time.monotonic()
         horizon = now - 10 * self.config.round_timeout
         for stale in [c for c, since in self.pending_since.items() if since < horizon]:
             self.pending.pop(stale, None)
             self.pending_since.pop(stale, None)
-        held = self.pending.get(envelope.ceremony_id)
-        if held is None:
-            if len(self.pending) >= PENDING_CEREMONIES:
-                self.refuse(
-                    "mesh.message-rejected",
-                    "unsolicited",
-                    {"peer": str(envelope.sender), "detail": "too many unconsented ceremonies"},
+            self.budget.release(stale)
+        sender, ceremony_id = envelope.sender, envelope.ceremony_id
+        limit = key_round_limits(len(self.config.parties), self.config.threshold)["round1"]
+        held = self.pending.get(ceremony_id, {})
+        if len(envelope.payload) > limit:
+            self._reject(
+                envelope,
+                "oversized",
+                f"{envelope.round} of {len(envelope.payload)} bytes, at most {limit}",
+            )
+        elif sender in held:
+            if held[sender].raw != envelope.raw:
+                self._reject(
+                    envelope,
+                    "conflicting",
+                    f"a second, different {envelope.round} of {ceremony_id}",
                 )
-                return
-            held = self.pending[envelope.ceremony_id] = []
-            self.pending_since[envelope.ceremony_id] = now
-        if len(held) < PENDING_PER_CEREMONY:
-            held.append(envelope)
+        elif sum(sender in h for h in self.pending.values()) >= PENDING_PER_PEER:
+            self._reject(
+                envelope,
+                "unsolicited",
+                f"{PENDING_PER_PEER} unconsented ceremonies of this peer are held",
+            )
+        elif not self.budget.take(ceremony_id, sender, held_size(envelope)):
+            self._reject(
+                envelope,
+                "over-budget",
+                f"{self.budget.held(sender)} bytes are held for this peer already",
+            )
+        else:
+            self.pending.setdefault(ceremony_id, {})[sender] = envelope
+            self.pending_since.setdefault(ceremony_id, now)
 
     def _start(self, ceremony: Ceremony) -> asyncio.Task[dict[str, Any]]:
         if ceremony.id in self.ceremonies or self.store.ceremony(ceremony.id) is not None:
             raise CommandError("duplicate-ceremony", f"ceremony {ceremony.id!r} exists already")
         self.ceremonies[ceremony.id] = ceremony
-        for envelope in self.pending.pop(ceremony.id, []):
-            ceremony.receive(envelope)
+        for envelope in self.pending.pop(ceremony.id, {}).values():
+            self._offer(ceremony, envelope, charged=True)
         self.pending_since.pop(ceremony.id, None)
         task = asyncio.create_task(self._run(ceremony), name=f"ceremony-{ceremony.id}")
         self._tasks.add(task)
@@ -353,21 +462,28 @@ class Engine:
             if ceremony.kind in CEREMONY_KINDS:
                 self.metrics.ceremony_finished(ceremony.kind, outcome, time.monotonic() - started)
             self.ceremonies.pop(ceremony.id, None)
+            self.budget.release(ceremony.id)
             self.finished[ceremony.id] = time.monotonic()
             while len(self.finished) > 1000:
                 self.finished.popitem(last=False)
 
     def refuse(self, event: str, reason: str, fields: dict[str, str]) -> None:
-        """Audit a refused connection or message, at most a few per second per peer and kind."""
+        """Audit (and log) a refused connection or message, at most a few per second per
+        peer and kind; the counters are kept for at most REFUSAL_KEYS peers and kinds (a
+        refused connection's address is the stranger's choice), more share one."""
         key = (fields.get("peer", fields.get("address", "?")), reason)
         now = time.monotonic()
+        if key not in self._refusals and len(self._refusals) >= REFUSAL_KEYS:
+            self._refusals = {k: v for k, v in self._refusals.items() if now - v[0] <= 1.0}
+            if len(self._refusals) >= REFUSAL_KEYS:
+                key = ("many", reason)
         window, count = self._refusals.get(key, (now, 0))
         if now - window > 1.0:
             window, count = now, 0
         self._refusals[key] = (window, count + 1)
-        log.warning("%s: %s %s", event, reason, fields)
         if count >= 5:
             return
+        log.warning("%s: %s %s", event, reason, fields)
         try:
             self.audit(event, "refused", f"{event}: {reason}", reason=reason, **fields)
         except AuditUnavailableError:
@@ -823,8 +939,11 @@ class Engine:
     def restore_key_share(
         self, backup: str, passphrase: str | None, recovery_key: str | None, actor: str
     ) -> dict[str, Any]:
-        """Check a backup against this node, seal its share under this node's HSM, and make
-        its key known to the store if it is not (a node rebuilt from scratch)."""
+        """Put this node's share of a key it holds back into the vault from a backup, sealed
+        by this node's HSM. Only a share of the active epoch of a key this node's own DKG or
+        key rotation made, matching this node's verifying share in that key's recorded
+        public package, is accepted; everything is checked before anything is written, and
+        the store (which key is active) is never changed."""
         try:
             data = base64.b64decode(backup, validate=True)
         except ValueError as exc:
@@ -839,26 +958,60 @@ class Engine:
             me = self.config.me
             record = restore_backup(
                 self.vault, self.keystore, data, unlock,
-                self.config.cluster_id, me.node_id, me.identifier,
+                self.config.cluster_id, me.node_id, me.identifier, self.known_key,
             )  # fmt: skip
         except HsmError as exc:
-            self.audit("key.restore", "refused", f"restore refused: {exc}", actor=actor)
-            raise CommandError("restore-refused", str(exc)) from exc
-        name, _, epoch_text = record.key_name.rpartition("-")
-        epoch = int(epoch_text)
-        known = {(k.name, k.epoch) for k in self.store.key_records()}
-        if (name, epoch) not in known:
-            public = record.public
-            self.store.add_key(
-                KeyRow(name, epoch, public.suite.context.decode(), public.group_key,
-                       public.fingerprint, public.threshold, "active", "restored")
-            )  # fmt: skip
+            code = next(c for kind, c in RESTORE_REFUSALS if isinstance(exc, kind))
+            self.audit(
+                "key.restore",
+                "refused",
+                f"restore refused ({code}): {exc}",
+                actor=actor,
+                reason=code,
+            )
+            raise CommandError(code, str(exc)) from exc
+        name, _, epoch = record.key_name.rpartition("-")
         self.audit(
             "key.restore", "success",
             f"share of {record.key_name} ({record.public.fingerprint}) restored by {actor}",
             actor=actor, key=name, fingerprint=record.public.fingerprint,
         )  # fmt: skip
-        return {"key": name, "epoch": epoch, "fingerprint": record.public.fingerprint}
+        return {"key": name, "epoch": int(epoch), "fingerprint": record.public.fingerprint}
+
+    def known_key(self, record_name: str) -> PublicKeyPackage:
+        """The public key package of a vault record name ("custody-1") that names the active
+        epoch of a key this node's own DKG or key rotation made; `UnknownKeyError` for any
+        other name."""
+        match = KEY_RECORD.fullmatch(record_name)
+        if match is None or match["name"] not in BRIDGE_KEYS:
+            raise UnknownKeyError(
+                f"backup key {record_name!r} is not <key>-<epoch> with a key among "
+                f"{sorted(BRIDGE_KEYS)} and a decimal epoch"
+            )
+        name, epoch = match["name"], int(match["epoch"])
+        key = self.store.key(name, epoch)
+        if key is None:
+            raise UnknownKeyError(
+                f"this node holds no {name} key of epoch {epoch}: a restore only puts back a "
+                "share of a key this node made in its own DKG or key rotation"
+            )
+        if key.state != "active":
+            raise UnknownKeyError(
+                f"{name} epoch {epoch} is {key.state} on this node: only the share of the "
+                "active epoch can be restored"
+            )
+        made_by = self.store.ceremony(key.ceremony_id)
+        if made_by is None or made_by.kind not in KEY_CEREMONIES:
+            raise UnknownKeyError(
+                f"{name} epoch {epoch} was not made by a DKG or key rotation of this node "
+                f"(recorded by {key.ceremony_id!r})"
+            )
+        if not key.verifying_shares:
+            raise UnknownKeyError(
+                f"{name} epoch {epoch} was recorded before this node kept its verifying "
+                "shares: rotate the keys (key-rotation) and take new backups"
+            )
+        return key_package(key)
 
     def node_identity(self) -> dict[str, Any]:
         """`init`: what the other operators need to configure this node as a party."""

@@ -1,5 +1,8 @@
 """`python -m hsm`: provision the token, check it, back up and restore a key share.
 
+A restore seals a share again over the vault's record of its key (a new token, a damaged
+sealed share); a key the vault holds no record of is refused.
+
 PINs and passphrases are read from systemd credentials, private files or the development
 environment variables (see `hsm.config`), or typed at a prompt; never from the command line.
 Exit status: 0 done, 1 refused or failed (the reason is printed), 2 usage error.
@@ -15,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from appliance.frost import PublicKeyPackage
+
 from .backup import (
     Passphrase,
     RecoveryKey,
@@ -24,7 +29,7 @@ from .backup import (
     restore_backup,
 )
 from .config import SOFTHSM_MODULE, HsmConfig, SecretSource, read_secret
-from .errors import HsmError, SecretUnavailableError
+from .errors import HsmError, SecretUnavailableError, UnknownKeyError, VaultError
 from .keystore import Keystore, provision
 from .vault import ShareVault, write_private_file
 
@@ -105,9 +110,21 @@ def cmd_restore(args: argparse.Namespace) -> dict[str, Any]:
     else:
         key = _passphrase(args, confirm=False)
     vault = ShareVault(args.data_dir / "keys")
+
+    def known(key_name: str) -> PublicKeyPackage:
+        # Offline there is no store: the vault's own record of the key must still be there
+        # (its token was replaced, or its sealed share damaged).
+        try:
+            return vault.load(key_name).public
+        except VaultError as exc:
+            raise UnknownKeyError(
+                f"{exc}: this command only seals a share again over the record of a key "
+                "the node holds"
+            ) from None
+
     with Keystore.open(_config(args)) as keystore:
         record = restore_backup(
-            vault, keystore, data, key, args.cluster_id, args.node_id, args.identifier
+            vault, keystore, data, key, args.cluster_id, args.node_id, args.identifier, known
         )
     return {
         "restored": record.key_name,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,13 +31,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from appliance.frost import FrostError, KeyShare, SecretScalar
+from appliance.frost import FrostError, KeyShare, PublicKeyPackage, SecretScalar
 
 from .errors import (
     BackupFormatError,
     BackupIntegrityError,
     ForeignBackupError,
-    VaultError,
+    HsmError,
+    UnknownKeyError,
     WrongPassphraseError,
 )
 from .keystore import Keystore
@@ -190,6 +192,14 @@ class KeyShareBackup:
     def key_name(self) -> str:
         return str(self.metadata["key_name"])
 
+    @property
+    def public(self) -> PublicKeyPackage:
+        """The public key package the backup claims (authenticated only once unlocked)."""
+        try:
+            return public_package(self.metadata)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackupFormatError(f"backup metadata is malformed: {exc}") from exc
+
     def unlock(self, key: Passphrase | RecoveryKey) -> KeyShare:
         method = self.protection["method"]
         if isinstance(key, Passphrase):
@@ -249,6 +259,18 @@ def read_backup(data: bytes) -> KeyShareBackup:
         raise BackupFormatError("file is not a wire-mpc key-share backup")
     if document.get("version") != BACKUP_VERSION:
         raise BackupFormatError(f"backup version {document.get('version')} is not supported")
+    metadata = document.get("metadata")
+    if not isinstance(metadata, dict):
+        raise BackupFormatError("backup is incomplete: it has no metadata")
+    for name, kind in (
+        ("cluster_id", str),
+        ("node_id", str),
+        ("key_name", str),
+        ("identifier", int),
+    ):
+        value = metadata.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise BackupFormatError(f"backup metadata.{name} is missing or not a {kind.__name__}")
     try:
         header = {k: document[k] for k in ("format", "version", "metadata", "protection")}
         return KeyShareBackup(
@@ -270,8 +292,16 @@ def restore_backup(
     cluster_id: str,
     node_id: str,
     identifier: int,
+    known: Callable[[str], PublicKeyPackage],
 ) -> ShareRecord:
-    """Check a backup against this node, seal its share under this token and store it."""
+    """Put this node's share of a key it knows back into the vault, sealed by this token.
+
+    `known(key_name)` is the public key package this node itself holds for the backup's
+    key name, and raises `UnknownKeyError` for a name it does not know: the backup must
+    carry exactly that package, and its share must be this participant's verifying share.
+    Every check runs before anything is written. A record that opens under this token
+    and holds the share already is left as it is; one that does not (sealed by a lost
+    token, damaged) is replaced: no other share can match the verifying share."""
     backup = read_backup(data)
     if backup.cluster_id != cluster_id:
         raise ForeignBackupError(
@@ -282,16 +312,41 @@ def restore_backup(
             f"backup holds the share of participant {backup.identifier}, "
             f"this node is participant {identifier}"
         )
+    expected = known(backup.key_name)
+    if backup.public != expected:
+        raise UnknownKeyError(
+            f"backup of {backup.key_name!r} holds key {backup.public.fingerprint} "
+            f"({_differences(backup.public, expected)}); this node holds "
+            f"{expected.fingerprint} under that name"
+        )
     share = backup.unlock(key)
     try:
         if backup.key_name in vault.names():
-            existing = vault.load(backup.key_name)
-            if existing.public == share.public and existing.identifier == identifier:
-                return existing
-            raise VaultError(
-                f"the vault already holds a different share of key {backup.key_name!r}; "
-                "remove it first if it is to be replaced"
-            )
-        return vault.store(keystore, share, cluster_id, node_id, backup.key_name)
+            try:
+                existing = vault.open(keystore, backup.key_name)
+            except HsmError:
+                pass  # does not open here, or not as this key: replaced below
+            else:
+                try:
+                    if existing.public == expected and existing.identifier == identifier:
+                        return vault.load(backup.key_name)
+                finally:
+                    existing.wipe()
+        return vault.store(keystore, share, cluster_id, node_id, backup.key_name, replace=True)
     finally:
         share.wipe()
+
+
+def _differences(found: PublicKeyPackage, expected: PublicKeyPackage) -> str:
+    """Which parts of a public key package differ, for the operator's error message."""
+    parts = [
+        name
+        for name, a, b in (
+            ("ciphersuite", found.suite.context, expected.suite.context),
+            ("threshold", found.threshold, expected.threshold),
+            ("group key", found.group_key, expected.group_key),
+            ("verifying shares", found.verifying_shares, expected.verifying_shares),
+        )
+        if a != b
+    ]
+    return "other " + ", ".join(parts)

@@ -18,6 +18,7 @@ __all__ = [
     "TamperedBlobError",
     "TokenNotFoundError",
     "TokenPolicyError",
+    "UnknownKeyError",
     "VaultError",
     "WrongPassphraseError",
     "WrongPinError",
@@ -82,3 +83,8 @@ class ForeignBackupError(HsmError):
 
 class BackupIntegrityError(HsmError):
     """A decrypted backup share does not match its public verifying share."""
+
+
+class UnknownKeyError(HsmError):
+    """A backup is of a key this node does not hold: another name or epoch, or another
+    public key package than the one this node's own ceremony made."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
 import logging
 import time
@@ -27,6 +28,10 @@ from hsm.vault import ShareVault
 
 __all__ = [
     "BRIDGE_KEYS",
+    "ENVELOPE_OVERHEAD",
+    "HEX_ITEM",
+    "KIB",
+    "Arrival",
     "Blame",
     "Ceremony",
     "CeremonyFailed",
@@ -41,6 +46,15 @@ T = TypeVar("T")
 
 BRIDGE_KEYS: dict[str, Ciphersuite] = {"attestation": ED25519_SHA512, "custody": SECP256K1_TR}
 """The node's two threshold keys, created together by one DKG."""
+
+# What round payloads are made of, for the size each round takes (`round_limit`).
+KIB = 1024
+HEX_ITEM = 80
+"""One point, scalar or digest (at most 33 bytes) as hex in a JSON list or object, with
+its quotes, separator and key: at most 80 bytes."""
+ENVELOPE_OVERHEAD = 512
+"""An envelope's bytes around its payload: ids and round (at most 205), sender, sequence
+and length (14), signature (64)."""
 
 
 def canonical(document: Any) -> bytes:
@@ -103,29 +117,45 @@ class NodeServices(Protocol):
     def signing_blocked(self) -> str | None: ...
 
 
+class Arrival(enum.Enum):
+    """What became of an envelope offered to a ceremony's inbox."""
+
+    STORED = "stored"  # the sender's first envelope of the round: the one that counts
+    REPEATED = "repeated"  # the same bytes again: nothing kept
+    CONFLICT = "conflict"  # different from the first: kept as evidence of equivocation
+    DROPPED = "dropped"  # a further conflict: one is evidence enough, nothing kept
+
+    @property
+    def kept(self) -> bool:
+        return self in (Arrival.STORED, Arrival.CONFLICT)
+
+
 class Inbox:
     """The envelopes received for one ceremony, by round and sender.
 
-    A sender's first envelope for a round is the one that counts; a second, different one
-    is kept as evidence of equivocation.
+    A sender's first envelope for a round is the one that counts; the first different one
+    after it is kept as evidence of equivocation, and nothing more of that round and
+    sender. Which rounds and senders get here at all is the ceremony's `round_limit`.
     """
 
     def __init__(self) -> None:
         self._rounds: dict[str, dict[int, Envelope]] = {}
-        self.conflicts: list[tuple[Envelope, Envelope]] = []
+        self.conflicts: dict[tuple[str, int], tuple[Envelope, Envelope]] = {}
         self._arrived = asyncio.Event()
 
-    def put(self, envelope: Envelope) -> bool:
-        """Store an envelope; False if it repeats or conflicts with an earlier one."""
+    def put(self, envelope: Envelope) -> Arrival:
         by_sender = self._rounds.setdefault(envelope.round, {})
         earlier = by_sender.get(envelope.sender)
         if earlier is not None:
-            if earlier.raw != envelope.raw:
-                self.conflicts.append((earlier, envelope))
-            return False
+            if earlier.raw == envelope.raw:
+                return Arrival.REPEATED
+            if (envelope.round, envelope.sender) in self.conflicts:
+                return Arrival.DROPPED
+            self.conflicts[envelope.round, envelope.sender] = (earlier, envelope)
+            return Arrival.CONFLICT
         by_sender[envelope.sender] = envelope
         self._arrived.set()
-        return True
+        return Arrival.STORED
 
     def get(self, round_name: str) -> dict[int, Envelope]:
         return dict(self._rounds.get(round_name, {}))
@@ -210,14 +240,34 @@ class Ceremony:
                 self.node.send(identifier, data)
         return data
 
-    def receive(self, envelope: Envelope) -> None:
-        """Called by the engine for every envelope of this ceremony that passed the mesh."""
-        if envelope.sender not in self.parties:
-            return
-        if self.inbox.put(envelope):
+    def round_limit(self, round_name: str, sender: int) -> int | None:
+        """The largest payload (bytes) this ceremony takes in `round_name` from `sender`, or
+        None if it runs no such round with that sender. Subclasses list their rounds."""
+        return None
+
+    def refusal(self, envelope: Envelope) -> tuple[str, str] | None:
+        """(reason, detail) if this ceremony does not take `envelope`; None if it does."""
+        limit = self.round_limit(envelope.round, envelope.sender)
+        if limit is None:
+            return "unexpected-round", (
+                f"{self.kind} ceremony {self.id} takes no {envelope.round} "
+                f"from participant {envelope.sender}"
+            )
+        if len(envelope.payload) > limit:
+            return "oversized", (
+                f"{envelope.round} of {len(envelope.payload)} bytes, at most {limit} taken"
+            )
+        return None
+
+    def receive(self, envelope: Envelope) -> Arrival:
+        """Called by the engine for every envelope of this ceremony that passed the mesh
+        and `refusal`; the first of each round and sender goes to the transcript."""
+        arrival = self.inbox.put(envelope)
+        if arrival is Arrival.STORED:
             self.node.store.record_envelope(
                 self.id, "in", envelope.sender, envelope.round, envelope.raw
             )
+        return arrival
 
     async def gather(
         self,

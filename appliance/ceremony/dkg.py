@@ -24,7 +24,7 @@ from appliance.mesh.envelope import Envelope
 from appliance.store.database import KeyRow
 from appliance.strictjson import StrictObject, as_integer, as_list, hex_of
 
-from .base import BRIDGE_KEYS, CeremonyFailed, MalformedPayload, NodeServices
+from .base import BRIDGE_KEYS, HEX_ITEM, KIB, CeremonyFailed, MalformedPayload, NodeServices
 from .keygen import KEY_NAMES, Dealing, KeyCeremony
 
 __all__ = ["DkgCeremony"]
@@ -39,6 +39,9 @@ class DkgCeremony(KeyCeremony):
         self._round1: dict[str, DkgRound1Secret] = {}
         self._round2: dict[str, DkgRound2Secret] = {}
         self._dealt: dict[str, dict[int, Round2Package]] = {}
+
+    def more_rounds(self) -> dict[str, int]:
+        return {"sealed": KIB + 2 * HEX_ITEM}  # both keys' fingerprints
 
     def publish(self) -> dict[str, Any]:
         keys = {}
@@ -139,6 +142,7 @@ class DkgCeremony(KeyCeremony):
                         share.threshold,
                         "active",
                         self.id,
+                        share.public.verifying_shares,
                     )
                 )
         for name, share in shares.items():

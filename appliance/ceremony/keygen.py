@@ -36,7 +36,17 @@ from appliance.frost import (
 from appliance.mesh.envelope import Envelope, EnvelopeError, open_envelope
 from appliance.strictjson import StrictObject, as_hex, as_integer, as_list, hex_of
 
-from .base import BRIDGE_KEYS, Blame, Ceremony, CeremonyFailed, MalformedPayload, NodeServices
+from .base import (
+    BRIDGE_KEYS,
+    ENVELOPE_OVERHEAD,
+    HEX_ITEM,
+    KIB,
+    Blame,
+    Ceremony,
+    CeremonyFailed,
+    MalformedPayload,
+    NodeServices,
+)
 from .channel import (
     ChannelError,
     ephemeral_key,
@@ -47,7 +57,7 @@ from .channel import (
     verify_shared_point,
 )
 
-__all__ = ["KEY_NAMES", "Dealing", "KeyCeremony", "verification_message"]
+__all__ = ["KEY_NAMES", "Dealing", "KeyCeremony", "key_round_limits", "verification_message"]
 
 KEY_NAMES = list(BRIDGE_KEYS)
 
@@ -71,6 +81,25 @@ class Dealing:
         self.keys = keys
 
 
+def key_round_limits(parties: int, threshold: int) -> dict[str, int]:
+    """The largest payload of each round both key ceremonies run, for n parties and
+    threshold t: sizes are counted in hex items (`HEX_ITEM`), with room to spare."""
+    n, t = parties, threshold
+    # Per key t commitments and a proof (two items); the parties; and in 8 KiB the rest:
+    # the ephemeral point, a rotation's epochs, digests and reason (500 characters, escaped).
+    round1 = 8 * KIB + 2 * (t + 2) * HEX_ITEM + 8 * n
+    round2_envelope = KIB + ENVELOPE_OVERHEAD  # one ciphertext of both keys' values
+    return {
+        "round1": round1,
+        "echo": KIB + n * HEX_ITEM,  # a digest per party
+        "evidence": KIB + n * (2 * (round1 + ENVELOPE_OVERHEAD) + HEX_ITEM),  # round-1 envelopes
+        "round2": KIB,
+        "complaints": KIB + n * (2 * round2_envelope + 4 * HEX_ITEM),  # envelope, point, proof
+        "verify-commit": KIB + 4 * HEX_ITEM,
+        "verify-share": KIB + 2 * HEX_ITEM,
+    }
+
+
 class KeyCeremony(Ceremony):
     """A dealing of both keys among all parties; subclasses fill in the scheme."""
 
@@ -81,9 +110,23 @@ class KeyCeremony(Ceremony):
         self.others = [p for p in self.parties if p != self.me]
         self.threshold = self.config.threshold
         self.channel_context = f"{self.config.cluster_id}\0{ceremony_id}\0{self.prefix}".encode()
+        self.limits = {
+            self.round(name): limit
+            for name, limit in {
+                **key_round_limits(len(self.parties), self.threshold),
+                **self.more_rounds(),
+            }.items()
+        }
 
     def round(self, name: str) -> str:
         return f"{self.prefix}.{name}"
+
+    def more_rounds(self) -> dict[str, int]:
+        """The rounds of the scheme beyond the shared ones, with their largest payloads."""
+        return {}
+
+    def round_limit(self, round_name: str, sender: int) -> int | None:
+        return self.limits.get(round_name) if sender in self.others else None
 
     # -- the scheme (subclasses) -----------------------------------------------------------
     def publish(self) -> dict[str, Any]:

@@ -28,7 +28,16 @@ from appliance.mesh.envelope import EnvelopeError, open_envelope
 from appliance.store.database import KeyRow
 from appliance.strictjson import StrictObject, as_list, as_string, hex_of
 
-from .base import BRIDGE_KEYS, CeremonyFailed, MalformedPayload, NodeServices, canonical
+from .base import (
+    BRIDGE_KEYS,
+    ENVELOPE_OVERHEAD,
+    HEX_ITEM,
+    KIB,
+    CeremonyFailed,
+    MalformedPayload,
+    NodeServices,
+    canonical,
+)
 from .keygen import KEY_NAMES, Dealing, KeyCeremony
 
 __all__ = ["RefreshCeremony", "public_digest"]
@@ -53,6 +62,13 @@ class RefreshCeremony(KeyCeremony):
         self._secrets: dict[str, RefreshSecret] = {}
         self._own: dict[str, RefreshPackage] = {}
         self._deltas: dict[str, dict[int, Round2Package]] = {}
+
+    def more_rounds(self) -> dict[str, int]:
+        confirm = KIB + 4 * HEX_ITEM  # both keys' epochs and digests
+        return {
+            "confirm": confirm,
+            "relay": KIB + len(self.parties) * 2 * (confirm + ENVELOPE_OVERHEAD),  # n of them
+        }
 
     def publish(self) -> dict[str, Any]:
         keys = {}
@@ -166,6 +182,7 @@ class RefreshCeremony(KeyCeremony):
                         share.threshold,
                         "pending",
                         self.id,
+                        share.public.verifying_shares,
                     )
                 )
 

@@ -17,6 +17,7 @@ Nonces live in memory only and are spent by their single use.
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -39,12 +40,36 @@ from appliance.mesh.envelope import open_envelope
 from appliance.store import StoreError
 from appliance.strictjson import StrictObject, as_hex, as_integer, as_list, hex_of
 
-from .base import Blame, Ceremony, CeremonyFailed, MalformedPayload, NodeServices
-from .requests import POLICIES, SigningRefused, SigningRequest
+from .base import HEX_ITEM, KIB, Blame, Ceremony, CeremonyFailed, MalformedPayload, NodeServices
+from .requests import MAX_PAYLOADS, POLICIES, SigningRefused, SigningRequest
 
-__all__ = ["SigningCoordinator", "SigningParticipant", "check_policy", "judge_share_blame"]
+__all__ = [
+    "SIGNING_ROUND",
+    "SigningCoordinator",
+    "SigningParticipant",
+    "check_policy",
+    "judge_share_blame",
+    "signing_round_limits",
+]
 
 SELECTION_GRACE = 0.05  # seconds to wait for slower participants once enough committed
+DECLINE_REASON = 500  # characters of a decline's reason that are sent
+SIGNING_ROUND = re.compile(r"sign\.(request|commit|decline|package|share)\.([1-9][0-9]{0,4})")
+
+
+def signing_round_limits(parties: int, message_limit: int) -> dict[str, int]:
+    """The largest payload of each signing round, for MAX_PAYLOADS payloads among n parties.
+    A request (kind, facts and payloads: a payout's facts alone can approach a few MiB) and
+    a package (every signer's commitments) take what the mesh takes (`message_limit`)."""
+    pair = 2 * HEX_ITEM
+    return {
+        "request": message_limit,
+        "package": min(message_limit, KIB + parties * (MAX_PAYLOADS * pair + HEX_ITEM)),
+        "commit": KIB + MAX_PAYLOADS * pair,  # a hiding and a binding commitment per payload
+        "decline": 4 * KIB,  # a reason, at most DECLINE_REASON characters (escaped)
+        "share": KIB + MAX_PAYLOADS * HEX_ITEM,
+        "result": KIB + MAX_PAYLOADS * 2 * HEX_ITEM,  # a 64-byte signature per payload
+    }
 
 
 def check_policy(node: Any, request: SigningRequest) -> None:
@@ -59,11 +84,32 @@ def check_policy(node: Any, request: SigningRequest) -> None:
 
 class _SigningCeremony(Ceremony):
     kind = "sign"
+    # The rounds this role takes from its peers, by name without the attempt.
+    takes: tuple[str, ...] = ()
 
     def __init__(self, node: NodeServices, ceremony_id: str, role: str, request: SigningRequest):
         super().__init__(node, ceremony_id, role, request.request_id)
         self.request = request
         self.shares: dict[str, KeyShare] = {}
+        # Every retry leaves out at least one participant: at most n - t + 1 attempts.
+        self.max_attempts = len(self.parties)
+        self.limits = signing_round_limits(len(self.parties), self.config.max_message_bytes)
+
+    def takes_from(self, sender: int) -> bool:
+        """Whether `sender` has a part in this ceremony towards this node."""
+        raise NotImplementedError
+
+    def round_limit(self, round_name: str, sender: int) -> int | None:
+        if sender == self.me or not self.takes_from(sender):
+            return None
+        if round_name == "sign.result":
+            name = "result"
+        else:
+            numbered = SIGNING_ROUND.fullmatch(round_name)
+            if numbered is None or int(numbered[2]) > self.max_attempts:
+                return None
+            name = numbered[1]
+        return self.limits[name] if name in self.takes else None
 
     def open_shares(self) -> None:
         for key in self.request.keys:
@@ -144,8 +190,14 @@ def _encode_pairs(nonces: list[SigningNonces]) -> list[list[str]]:
 class SigningCoordinator(_SigningCeremony):
     """Drives a signing request from this node, which signs as one of the signers."""
 
+    takes = ("commit", "decline", "share")
+
     def __init__(self, node: NodeServices, ceremony_id: str, request: SigningRequest) -> None:
         super().__init__(node, ceremony_id, "coordinator", request)
+
+    def takes_from(self, sender: int) -> bool:
+        pool = self.request.signers or self.parties
+        return sender in pool
 
     def _aggregate(
         self,
@@ -236,7 +288,7 @@ class SigningCoordinator(_SigningCeremony):
         while True:
             attempt += 1
             candidates = [p for p in pool if p not in excluded]
-            if len(candidates) < t:
+            if len(candidates) < t or attempt > self.max_attempts:
                 raise CeremonyFailed(
                     f"cannot reach the threshold {t}"
                     + (f"; declined: {declined}" if declined else ""),
@@ -358,14 +410,20 @@ def _share_decoder(count: int) -> Any:
 class SigningParticipant(_SigningCeremony):
     """Answers a coordinator's request: commits, checks, signs once, verifies the result."""
 
+    takes = ("request", "package", "result")
+
     def __init__(
         self, node: NodeServices, ceremony_id: str, coordinator: int, request: SigningRequest
     ) -> None:
         super().__init__(node, ceremony_id, "participant", request)
         self.coordinator = coordinator
 
+    def takes_from(self, sender: int) -> bool:
+        return sender == self.coordinator
+
     def _decline(self, attempt: int, reason: str) -> None:
-        self.send(self.coordinator, f"sign.decline.{attempt}", {"reason": reason})
+        payload = {"reason": reason[:DECLINE_REASON]}
+        self.send(self.coordinator, f"sign.decline.{attempt}", payload)
         self.node.audit(
             "signing.refused", "refused", f"refused request {self.request.request_id}: {reason}",
             ceremony=self.id, request=self.request.request_id, kind=self.request.kind,
@@ -446,7 +504,13 @@ class SigningParticipant(_SigningCeremony):
         while self.inbox.get(f"sign.request.{attempt + 1}").get(self.coordinator):
             attempt += 1
             envelope = self.inbox.get(f"sign.request.{attempt}")[self.coordinator]
-            again = SigningRequest.from_json(_json(envelope.payload)["request"])
+            try:
+                again = SigningRequest.from_json(_json(envelope.payload)["request"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CeremonyFailed(
+                    f"attempt {attempt}'s request is malformed: {exc}",
+                    blamed=[Blame(self.coordinator, f"sent a malformed request: {exc}")],
+                ) from exc
             if again != self.request:
                 raise CeremonyFailed(
                     "the coordinator changed the request between attempts",

@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 PING, PONG = "mesh.ping", "mesh.pong"
+PING_NONCE = 16  # a ping's payload, echoed by its pong: nothing else is echoed
+RECEIVE_QUEUE = 16
+"""Messages libzmq reads ahead per connection before the engine takes them: past it the
+peer's TCP stream waits (nothing is dropped), so a fast sender queues at most this many
+messages of at most twice the limit here."""
 
 Refuse = Callable[[str, str, dict[str, str]], None]
 """refuse(audit event, reason, fields): report a refused connection or message."""
@@ -94,7 +99,8 @@ class Mesh:
         router.zap_domain = self.config.cluster_id.encode()
         router.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         # Hard transport cap; the configured limit is checked (and audited) below it.
-        router.setsockopt(zmq.MAXMSGSIZE, 4 * self.config.max_message_bytes)
+        router.setsockopt(zmq.MAXMSGSIZE, 2 * self.config.max_message_bytes)
+        router.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
         router.setsockopt(zmq.LINGER, 0)
         router.bind(f"tcp://{self.config.mesh_listen}")
         self._router = router
@@ -153,7 +159,7 @@ class Mesh:
     async def ping(self, identifier: int, timeout: float) -> float | None:
         """Round-trip time to a peer through signed envelopes, or None on timeout."""
         state = self.peers[identifier]
-        nonce = secrets.token_bytes(16)
+        nonce = secrets.token_bytes(PING_NONCE)
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         state.pings[nonce] = future
         start = time.perf_counter()
@@ -217,7 +223,9 @@ class Mesh:
             self._remember(party.identifier, envelope.sequence)
         state = self.peers[party.identifier]
         state.last_seen = time.time()
-        if envelope.round == PING:
+        if envelope.round in (PING, PONG) and len(envelope.payload) != PING_NONCE:
+            self._reject(peer, "malformed", f"{envelope.round} of {len(envelope.payload)} bytes")
+        elif envelope.round == PING:
             self.send(party.identifier, self.envelope("", PONG, envelope.payload))
         elif envelope.round == PONG:
             future = state.pings.get(envelope.payload)

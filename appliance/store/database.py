@@ -44,6 +44,10 @@ class TranscriptRow:
 
 @dataclass(frozen=True)
 class KeyRow:
+    """One epoch of a threshold key as this node recorded it: its public package (the
+    verifying shares are empty for keys recorded before schema 6), its state, and the
+    ceremony that made it."""
+
     name: str
     epoch: int
     ciphersuite: str
@@ -52,6 +56,7 @@ class KeyRow:
     threshold: int
     state: str
     ceremony_id: str
+    verifying_shares: tuple[tuple[int, bytes], ...] = ()
 
 
 class Store:
@@ -66,6 +71,9 @@ class Store:
         self._db.row_factory = sqlite3.Row
         self._depth = 0
         self._deferred: list[tuple[str, tuple[Any, ...]]] = []
+        # The latest accepted sequence per peer, written with the next transaction: one
+        # entry per peer however many envelopes arrive meanwhile.
+        self._sequences: dict[int, int] = {}
         mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal":
             raise StoreError(f"{path}: SQLite refused WAL mode ({mode})")
@@ -115,14 +123,20 @@ class Store:
         self._db.execute("BEGIN IMMEDIATE")
         self._depth = 1
         carried, self._deferred = self._deferred, []
+        sequences, self._sequences = self._sequences, {}
         try:
             for sql, parameters in carried:
                 self._db.execute(sql, parameters)
+            if sequences:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO peer_sequences VALUES (?, ?)", sequences.items()
+                )
             yield
         except BaseException:
             self._db.execute("ROLLBACK")
             # What waited before this transaction waits again; what it queued is dropped.
             self._deferred = carried
+            self._sequences = sequences | self._sequences
             raise
         else:
             self._db.execute("COMMIT")
@@ -181,9 +195,7 @@ class Store:
     # -- replay protection ---------------------------------------------------------------
     def remember_sequence(self, sender: int, sequence: int) -> None:
         """The latest sequence accepted from a peer (written with the next transaction)."""
-        self._deferred.append(
-            ("INSERT OR REPLACE INTO peer_sequences VALUES (?, ?)", (sender, sequence))
-        )
+        self._sequences[sender] = sequence
 
     def peer_sequences(self) -> dict[int, int]:
         self.flush()
@@ -205,7 +217,7 @@ class Store:
 
     def flush(self) -> None:
         """Write the queued records now (durably)."""
-        if self._deferred:
+        if self._deferred or self._sequences:
             with self.transaction():
                 pass
 
@@ -297,20 +309,28 @@ class Store:
 
     # -- keys ------------------------------------------------------------------------------
     def add_key(self, key: KeyRow) -> None:
-        self._write(
-            "INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                key.name,
-                key.epoch,
-                key.ciphersuite,
-                key.group_key,
-                key.fingerprint,
-                key.threshold,
-                key.state,
-                key.ceremony_id,
-                time.time(),
-            ),
-        )
+        """Record a key epoch; a second active epoch of one key is refused (StoreError)."""
+        shares = {str(i): share.hex() for i, share in key.verifying_shares}
+        try:
+            self._write(
+                "INSERT INTO keys (name, epoch, ciphersuite, group_key, fingerprint, threshold,"
+                " state, ceremony_id, created_at, verifying_shares)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key.name,
+                    key.epoch,
+                    key.ciphersuite,
+                    key.group_key,
+                    key.fingerprint,
+                    key.threshold,
+                    key.state,
+                    key.ceremony_id,
+                    time.time(),
+                    json.dumps(shares, sort_keys=True) if shares else None,
+                ),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"key {key.name} epoch {key.epoch} refused: {exc}") from exc
 
     def set_key_state(self, name: str, epoch: int, state: str) -> None:
         self._write("UPDATE keys SET state = ? WHERE name = ? AND epoch = ?", (state, name, epoch))
@@ -321,25 +341,35 @@ class Store:
         if state is not None:
             query, parameters = query + " WHERE state = ?", (state,)
         rows = self._db.execute(query + " ORDER BY name, epoch", parameters).fetchall()
-        return [
-            KeyRow(
-                r["name"],
-                r["epoch"],
-                r["ciphersuite"],
-                bytes(r["group_key"]),
-                r["fingerprint"],
-                r["threshold"],
-                r["state"],
-                r["ceremony_id"],
-            )
-            for r in rows
-        ]
+        return [_key(r) for r in rows]
+
+    def key(self, name: str, epoch: int) -> KeyRow | None:
+        row = self._db.execute(
+            "SELECT * FROM keys WHERE name = ? AND epoch = ?", (name, epoch)
+        ).fetchone()
+        return None if row is None else _key(row)
 
     def active_key(self, name: str) -> KeyRow | None:
-        for key in self.key_records("active"):
-            if key.name == name:
-                return key
-        return None
+        """The one active epoch of a key (the schema allows no second one)."""
+        row = self._db.execute(
+            "SELECT * FROM keys WHERE name = ? AND state = 'active'", (name,)
+        ).fetchone()
+        return None if row is None else _key(row)
+
+
+def _key(row: sqlite3.Row) -> KeyRow:
+    shares = json.loads(row["verifying_shares"] or "{}")
+    return KeyRow(
+        row["name"],
+        row["epoch"],
+        row["ciphersuite"],
+        bytes(row["group_key"]),
+        row["fingerprint"],
+        row["threshold"],
+        row["state"],
+        row["ceremony_id"],
+        tuple(sorted((int(i), bytes.fromhex(share)) for i, share in shares.items())),
+    )
 
 
 def _ceremony(row: sqlite3.Row) -> CeremonyRow:

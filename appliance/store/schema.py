@@ -202,6 +202,24 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
     (
         6,
+        # Keys keep their whole public package (a restore checks a backup against it), and
+        # one key name has at most one active epoch. An earlier restore could add an active
+        # epoch beside the one a ceremony made: such a row is retired, so the ceremony's
+        # key is the active one again.
+        """
+        ALTER TABLE keys ADD COLUMN verifying_shares TEXT;
+        UPDATE keys SET state = 'retired'
+         WHERE state = 'active'
+           AND ceremony_id NOT IN (SELECT id FROM ceremonies WHERE kind IN ('dkg', 'refresh'))
+           AND EXISTS (SELECT 1 FROM keys AS made
+                        WHERE made.name = keys.name AND made.state = 'active'
+                          AND made.ceremony_id IN
+                              (SELECT id FROM ceremonies WHERE kind IN ('dkg', 'refresh')));
+        CREATE UNIQUE INDEX keys_one_active ON keys (name) WHERE state = 'active';
+        """,
+    ),
+    (
+        7,
         """
         CREATE TABLE spending_transactions (
             txid       TEXT PRIMARY KEY,

@@ -61,8 +61,8 @@ def test_operator_flow_through_the_command(softhsm: Path, tmp_path: Path) -> Non
     assert json.loads(run.stdout)["fingerprint"] == public.fingerprint
     assert backup.stat().st_mode & 0o777 == 0o600
 
-    # Wipe the node, provision a new token, restore.
-    shutil.rmtree(data)
+    # The token is lost (its KEK with it); the data directory is kept. A new token, and the
+    # restore seals the share again over the vault's record.
     shutil.rmtree(softhsm)
     softhsm.mkdir()
     assert hsm_cli("provision", *token).returncode == 0
@@ -87,6 +87,14 @@ def test_operator_flow_through_the_command(softhsm: Path, tmp_path: Path) -> Non
     with Keystore.open(HsmConfig(token_label="node-1")) as keystore:
         restored = ShareVault(data / "keys").open(keystore, "custody")
     assert restored.signing_share.reveal() == shares[3].signing_share.reveal()
+
+    # Without the vault's record the command cannot know the key: it refuses, writes nothing.
+    shutil.rmtree(data)
+    run = hsm_cli(*restore, "--passphrase-file", str(passphrase))
+    assert run.returncode == 1
+    assert "holds no share of key 'custody'" in run.stderr
+    assert "only seals a share again over the record" in run.stderr
+    assert list((data / "keys").iterdir()) == []
 
 
 def test_refusals_exit_1_with_the_reason(softhsm: Path) -> None:

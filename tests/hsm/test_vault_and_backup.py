@@ -19,6 +19,8 @@ from appliance.frost import (
     ED25519_SHA512,
     SECP256K1_TR,
     KeyShare,
+    PublicKeyPackage,
+    SecretScalar,
     SigningPackage,
     aggregate,
     commit,
@@ -38,13 +40,15 @@ from hsm.backup import (
 from hsm.config import SOFTHSM_MODULE, HsmConfig
 from hsm.errors import (
     BackupFormatError,
+    BackupIntegrityError,
     ForeignBackupError,
     SealedBlobError,
+    UnknownKeyError,
     VaultError,
     WrongPassphraseError,
 )
 from hsm.keystore import Keystore, provision
-from hsm.vault import ShareVault
+from hsm.vault import ShareRecord, ShareVault
 
 from .conftest import second_token
 
@@ -146,10 +150,12 @@ def test_back_up_wipe_restore_and_sign_again(
     pkcs11.lib(str(SOFTHSM_MODULE)).reinitialize()
     provision(hsm_config)
 
+    # What the node's store keeps of each key: its public package.
+    known = {name: shares[1].public for name, shares in keys.items()}
     vault = ShareVault(data / "keys")
     with Keystore.open(hsm_config) as keystore:
         for backup in backups.values():
-            restore_backup(vault, keystore, backup, unlock, CLUSTER, "node-1", 1)
+            restore_backup(vault, keystore, backup, unlock, CLUSTER, "node-1", 1, known.__getitem__)
         restored = {name: vault.open(keystore, name) for name in keys}
 
     message = b"attestation after restore"
@@ -163,10 +169,20 @@ def test_back_up_wipe_restore_and_sign_again(
     assert PublicKeyXOnly(output_key[1:]).verify(sig, digest)
 
 
+DEALT = dealer_keys()["custody"]  # the key the restoring node knows as "custody"
+
+
+def knows_custody(key_name: str) -> PublicKeyPackage:
+    """A node whose store knows "custody" as DEALT's key, and no other key."""
+    if key_name != "custody":
+        raise UnknownKeyError(f"this node holds no key {key_name!r}")
+    return DEALT[2].public
+
+
 @pytest.fixture
 def backup_file(keystore: Keystore, tmp_path: Path) -> bytes:
     vault = ShareVault(tmp_path / "source" / "keys")
-    share = dealer_keys()["custody"][2]
+    share = DEALT[2]
     record = vault.store(keystore, share, CLUSTER, "node-2", "custody")
     return create_backup(record, share, PASSPHRASE, "2026-11-21T00:00:00+00:00")
 
@@ -175,15 +191,68 @@ def restore_into_fresh_vault(keystore: Keystore, tmp_path: Path, data: bytes, **
     arguments = {"key": PASSPHRASE, "cluster_id": CLUSTER, "node_id": "node-2", "identifier": 2}
     arguments.update(overrides)
     vault = ShareVault(tmp_path / f"restore-{os.urandom(4).hex()}" / "keys")
-    return restore_backup(
-        vault,
-        keystore,
-        data,
-        arguments["key"],
-        arguments["cluster_id"],
-        arguments["node_id"],
-        arguments["identifier"],
-    )
+    try:
+        return restore_backup(
+            vault,
+            keystore,
+            data,
+            arguments["key"],
+            arguments["cluster_id"],
+            arguments["node_id"],
+            arguments["identifier"],
+            knows_custody,
+        )
+    finally:
+        # Refused or not: nothing but a sealed record of the known key is ever written.
+        assert list(vault.directory.iterdir()) in ([], [vault.directory / "custody.json"])
+
+
+def backup_of(share: KeyShare, key_name: str = "custody", identifier: int | None = None) -> bytes:
+    """A backup of `share` as anyone holding the passphrase can make one: validly encrypted,
+    with whatever name and identifier they write into it."""
+    record = ShareRecord(CLUSTER, "node-2", key_name, share.identifier, share.public, b"")
+    data = json.loads(create_backup(record, share, PASSPHRASE, "2026-11-21T00:00:00+00:00"))
+    if identifier is None:
+        return json.dumps(data).encode()
+    # Re-encrypt under the altered metadata, so it is authentic as far as GCM goes.
+    forged = KeyShare(identifier, SecretScalar(share.signing_share.reveal()), share.public)
+    record = ShareRecord(CLUSTER, "node-2", key_name, identifier, share.public, b"")
+    return create_backup(record, forged, PASSPHRASE, "2026-11-21T00:00:00+00:00")
+
+
+def test_a_backup_of_a_key_the_node_does_not_hold_is_refused_before_anything_is_written(
+    keystore: Keystore, tmp_path: Path
+) -> None:
+    own, _ = trusted_dealer_keygen(SECP256K1_TR, 2, 3)  # an operator's own key
+    with pytest.raises(UnknownKeyError, match="other group key, verifying shares"):
+        restore_into_fresh_vault(keystore, tmp_path, backup_of(own[2]))
+    with pytest.raises(UnknownKeyError, match="no key 'custody-0'"):
+        restore_into_fresh_vault(keystore, tmp_path, backup_of(own[2], "custody-0"))
+    # The node's own group key but other verifying shares (a package built around a share
+    # the operator knows) is another key package, refused the same way.
+    public = DEALT[2].public
+    swapped = own[2].public.verifying_share(2)
+    shares = tuple((i, swapped if i == 2 else y) for i, y in public.verifying_shares)
+    value = SecretScalar(own[2].signing_share.reveal())
+    mixed = KeyShare(2, value, public._replace(verifying_shares=shares))
+    with pytest.raises(UnknownKeyError, match=r"\(other verifying shares\)"):
+        restore_into_fresh_vault(keystore, tmp_path, backup_of(mixed))
+
+
+def test_a_tampered_share_or_another_participants_share_is_refused(
+    keystore: Keystore, tmp_path: Path
+) -> None:
+    # The right key package, a share that is not this participant's.
+    value = (DEALT[2].signing_share.reveal() + 1) % SECP256K1_TR.group.order
+    tampered = KeyShare(2, SecretScalar(value), DEALT[2].public)
+    with pytest.raises(BackupIntegrityError, match="does not match its verifying share"):
+        restore_into_fresh_vault(keystore, tmp_path, backup_of(tampered))
+    # Participant 3's share, labelled as participant 2's.
+    with pytest.raises(BackupIntegrityError, match="participant 2 does not match"):
+        restore_into_fresh_vault(keystore, tmp_path, backup_of(DEALT[3], identifier=2))
+    # Participant 3's share as it is: refused as another participant's.
+    with pytest.raises(ForeignBackupError, match="participant 3"):
+        restore_into_fresh_vault(keystore, tmp_path, backup_of(DEALT[3]))
 
 
 def test_wrong_passphrase(keystore: Keystore, tmp_path: Path, backup_file: bytes) -> None:
@@ -221,8 +290,13 @@ def test_altered_metadata_is_detected(
     keystore: Keystore, tmp_path: Path, backup_file: bytes
 ) -> None:
     document = json.loads(backup_file)
-    document["metadata"]["threshold"] = 3
+    document["metadata"]["created"] = "2020-01-01T00:00:00+00:00"
     with pytest.raises(WrongPassphraseError, match="altered"):
+        restore_into_fresh_vault(keystore, tmp_path, json.dumps(document).encode())
+    # An altered key package is no longer the key the node holds: refused before decryption.
+    document = json.loads(backup_file)
+    document["metadata"]["threshold"] = 3
+    with pytest.raises(UnknownKeyError, match="other threshold"):
         restore_into_fresh_vault(keystore, tmp_path, json.dumps(document).encode())
 
 
@@ -240,21 +314,31 @@ def test_wrong_recovery_key(keystore: Keystore, tmp_path: Path) -> None:
         read_backup(data).unlock(PASSPHRASE)
 
 
-def test_restoring_over_a_different_share_is_refused(hsm_config: HsmConfig, tmp_path: Path) -> None:
+def test_a_good_record_is_kept_and_one_that_does_not_open_is_sealed_again(
+    hsm_config: HsmConfig, tmp_path: Path
+) -> None:
     other = second_token(hsm_config, "node-2")  # before any session: it re-initialises
-    with Keystore.open(hsm_config) as keystore:
-        share = dealer_keys()["custody"][2]
-        record = ShareVault(tmp_path / "source" / "keys").store(
-            keystore, share, CLUSTER, "node-2", "custody"
-        )
-        backup_file = create_backup(record, share, PASSPHRASE, "2026-11-21T00:00:00+00:00")
     vault = ShareVault(tmp_path / "node-2" / "keys")
+    with Keystore.open(hsm_config) as keystore:
+        vault.store(keystore, DEALT[2], CLUSTER, "node-2", "custody")  # sealed by node-1's token
+        backup_file = create_backup(
+            vault.load("custody"), DEALT[2], PASSPHRASE, "2026-11-21T00:00:00+00:00"
+        )
+    path = vault.directory / "custody.json"
     with Keystore.open(other) as keystore:
-        restore_backup(vault, keystore, backup_file, PASSPHRASE, CLUSTER, "node-2", 2)
-        # Restoring the same backup again is harmless.
-        restore_backup(vault, keystore, backup_file, PASSPHRASE, CLUSTER, "node-2", 2)
-        different = dealer_keys()["custody"][2]
-        vault.remove("custody")
-        vault.store(keystore, different, CLUSTER, "node-2", "custody")
-        with pytest.raises(VaultError, match="different share"):
-            restore_backup(vault, keystore, backup_file, PASSPHRASE, CLUSTER, "node-2", 2)
+        with pytest.raises(SealedBlobError):
+            vault.open(keystore, "custody")
+        # The record does not open under this token: the restore seals the share again.
+        restore_backup(
+            vault, keystore, backup_file, PASSPHRASE, CLUSTER, "node-2", 2, knows_custody
+        )
+        assert vault.open(keystore, "custody").signing_share.reveal() == (
+            DEALT[2].signing_share.reveal()
+        )
+        # Now it is good: restoring the same backup again writes nothing.
+        before = path.stat()
+        restore_backup(
+            vault, keystore, backup_file, PASSPHRASE, CLUSTER, "node-2", 2, knows_custody
+        )
+        after = path.stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
