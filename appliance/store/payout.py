@@ -124,6 +124,15 @@ class PayoutRecords:
                 (burn_id, approver, signature, time.time()),
             )
 
+    def approvals_of_unknown_burns(self, approver: int) -> int:
+        """How many approvals of `approver` wait for a burn this node does not hold."""
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM burn_approvals a WHERE a.approver = ?"
+            " AND NOT EXISTS (SELECT 1 FROM burns b WHERE b.burn_id = a.burn_id)",
+            (approver,),
+        ).fetchone()
+        return int(row[0])
+
     def approvals(self, burn_id: str) -> dict[int, bytes]:
         rows = self.db.execute(
             "SELECT approver, signature FROM burn_approvals WHERE burn_id = ? ORDER BY approver",

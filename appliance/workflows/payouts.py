@@ -82,6 +82,7 @@ RECORDS_WANTED_ROUND = "payout.records-wanted"
 RECORD_ROUND = "payout.record"
 RECORDS_PER_REQUEST = 64
 ASK_AGAIN_SECONDS = 5.0
+UNKNOWN_APPROVALS_PER_PEER = 256  # approvals that may arrive before the burn's feed entry
 
 
 class Payouts:
@@ -97,6 +98,7 @@ class Payouts:
         self.identity_keys = {p.identifier: p.identity_public_key for p in engine.config.parties}
         self._round = asyncio.Lock()
         self._asked: dict[str, float] = {}  # txid -> when its burn ids were last asked for
+        self._answered: dict[tuple[int, str], float] = {}  # (peer, txid) -> when answered
 
     # -- policy ------------------------------------------------------------------------------
     @property
@@ -362,6 +364,18 @@ class Payouts:
             return "malformed", f"malformed approval: {exc}"
         if approver != sender or len(signature) != 64 or len(burn_id) > 128:
             return "malformed", "an approval must be the sender's own"
+        known = self.records.burn(burn_id)
+        if known is not None:
+            record = BurnRecord.from_json(known.entry["record"])
+            if not valid_approvers(
+                self.identity_keys, self.config.cluster_id, record, [(approver, signature)]
+            ):
+                return "bad-approval", f"approval of burn {burn_id} does not verify"
+        elif self.records.approvals_of_unknown_burns(sender) >= UNKNOWN_APPROVALS_PER_PEER:
+            return "over-budget", (
+                f"{UNKNOWN_APPROVALS_PER_PEER} approvals of burns this node does not hold "
+                "wait already"
+            )
         self.records.add_approval(burn_id, approver, signature)
         return None
 
@@ -751,10 +765,20 @@ class Payouts:
                 raise ValueError("each txid is 64 hex characters")
         except (ValueError, KeyError, TypeError) as exc:
             return "malformed", f"request for payout records: {exc}"
+        now = time.monotonic()
+        if len(self._answered) > 4 * RECORDS_PER_REQUEST * len(self.identity_keys):
+            self._answered = {
+                k: t for k, t in self._answered.items() if now - t < ASK_AGAIN_SECONDS
+            }
         for txid in txids:
+            # Each peer gets a transaction's ids once per interval: asking in a loop does not
+            # make this node send more.
+            if now - self._answered.get((sender, txid), -ASK_AGAIN_SECONDS) < ASK_AGAIN_SECONDS:
+                continue
             burns = self.records.paid_burns(txid)
             if burns is None:
                 continue
+            self._answered[(sender, txid)] = now
             answer = json.dumps({"txid": txid, "burns": burns}).encode()
             data = self.engine.envelope(f"record-{txid[:32]}", RECORD_ROUND, answer)
             self.engine.send(sender, data)

@@ -7,6 +7,7 @@ stated bound, and its ceremonies with the honest nodes complete meanwhile."""
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 import threading
 import time
@@ -17,6 +18,7 @@ from appliance.ceremony import requests
 from appliance.ceremony.base import canonical
 from appliance.engine import JOINED_PER_PEER, PEER_BUDGET, PENDING_PER_PEER
 from appliance.mesh.envelope import seal_envelope
+from appliance.workflows.payouts import APPROVAL_ROUND, UNKNOWN_APPROVALS_PER_PEER
 from tests.cluster.flooding_node import FLOOD_DONE
 from tests.cluster.test_attacks import Impostor
 from tools.devcluster import DevCluster, DevNode, wait_until
@@ -182,3 +184,29 @@ def test_a_dkg_completes_while_a_party_floods_a_node(make_cluster, journal) -> N
         )
     _, peak = memory_mib(node)
     assert peak - rss_before <= GROWTH_BOUND // MIB, (rss_before, peak)
+
+
+def test_approvals_of_unknown_burns_are_bounded_and_bad_ones_refused(
+    make_cluster, journal, monkeypatch
+) -> None:
+    """Approvals may come before the burn's feed entry, so a node keeps some for burns it
+    does not hold: at most a fixed number per peer, not whatever a peer sends."""
+    cluster = make_cluster(3, 2)
+    cluster.stop([3])
+    flooder = Flooder(cluster, monkeypatch)
+    try:
+        for i in range(UNKNOWN_APPROVALS_PER_PEER + 20):
+            body = {"burn_id": f"burn-{i}", "approver": 3, "signature": "00" * 64}
+            flooder.send(f"approval-{i}", APPROVAL_ROUND, canonical(body))
+        pid = cluster[1].process.pid if cluster[1].process else 0
+        refused = journal.wait_for(
+            WIRE_EVENT="mesh.message-rejected", WIRE_REASON="over-budget", _PID=pid
+        )
+        assert refused, "approvals beyond the bound were not refused"
+    finally:
+        flooder.close()
+    db = cluster[1].data_dir / "state.db"
+    held = sqlite3.connect(f"file:{db}?mode=ro", uri=True).execute(
+        "SELECT COUNT(*) FROM burn_approvals WHERE approver = 3"
+    )
+    assert held.fetchone()[0] == UNKNOWN_APPROVALS_PER_PEER
