@@ -232,14 +232,18 @@ def run(args: argparse.Namespace) -> Any:
                 args.password_file,
                 confirm=not args.password_file,
             )
+            # The first admin has no session and no code yet; every later user needs an
+            # admin's fresh code.
+            code = _totp(args) if client.token() else None
             return client.request(
                 "POST",
                 "/v1/users",
                 {"username": args.username, "role": args.role, "password": password},
+                totp=code,
             )
         if args.user_command == "list":
             return client.request("GET", "/v1/users")
-        return client.request("POST", f"/v1/users/{quote(args.username)}/disable")
+        return client.request("POST", f"/v1/users/{quote(args.username)}/disable", totp=_totp(args))
     if command == "init":
         return client.request("POST", "/v1/init")
     if command == "dkg":
@@ -251,7 +255,7 @@ def run(args: argparse.Namespace) -> Any:
     if command in ("key-info", "status", "security-check", "service-status"):
         path = {"service-status": "/v1/service"}.get(command, f"/v1/{command}")
         return client.request("GET", path)
-    if command == "backup":
+    if command == "backup" and args.backup_command == "key-share":
         body: dict[str, Any] = {"key": args.key}
         if args.recipient:
             body["recipient"] = args.recipient
@@ -259,7 +263,13 @@ def run(args: argparse.Namespace) -> Any:
             body["passphrase"] = _secret(
                 "backup passphrase: ", args.passphrase_file, confirm=not args.passphrase_file
             )
-        answer = client.request("POST", "/v1/backup/key-share", body, totp=_totp(args))
+        return client.request("POST", "/v1/backup/key-share", body, totp=_totp(args))
+    if command == "backup" and args.backup_command == "list":
+        return client.request("GET", "/v1/backup/requests")
+    if command == "backup":
+        answer = client.request(
+            "POST", f"/v1/backup/requests/{quote(args.export_id)}/approve", {}, totp=_totp(args)
+        )
         out = Path(args.output)
         descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "wb") as handle:
@@ -287,7 +297,10 @@ def run(args: argparse.Namespace) -> Any:
         body = {"coordinate": not args.approve_only}
         if args.address:
             body["address"] = args.address
-        return _with_progress(command, lambda: client.request("POST", f"/v1/{command}", body))
+        code = _totp(args)
+        return _with_progress(
+            command, lambda: client.request("POST", f"/v1/{command}", body, totp=code)
+        )
     if command in ("payouts", "fee-reservoir"):
         return client.request("GET", f"/v1/{command}")
     if command == "approve-burn":
@@ -310,7 +323,10 @@ def run(args: argparse.Namespace) -> Any:
         return client.request("PUT", "/v1/policy", changes, totp=_totp(args))
     if command == "enable-service":
         return client.request(
-            "POST", "/v1/service/enable", {"reason": args.reason} if args.reason else {}
+            "POST",
+            "/v1/service/enable",
+            {"reason": args.reason} if args.reason else {},
+            totp=_totp(args),
         )
     if command == "disable-service":
         return client.request(
@@ -395,7 +411,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("logout", help="end the session")
     s = sub.add_parser("user", help="users (admin)")
     users = s.add_subparsers(dest="user_command", required=True)
-    u = users.add_parser("create", help="create a user (the first admin needs no session)")
+    u = users.add_parser(
+        "create", help="create a user (the first admin needs no session; later ones a code)"
+    )
     u.add_argument("--username", required=True)
     u.add_argument("--role", required=True, choices=["admin", "operator", "auditor"])
     u.add_argument("--password-file")
@@ -429,12 +447,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--key-file", required=True, help="the verification key, as audit-key gave it")
     s = sub.add_parser("policy", help="show, or (admin) change, this node's signing policy")
     s.add_argument("--set", action="append", metavar="NAME=SATS", help="a field to change")
-    s = sub.add_parser("backup", help="backup key-share")
-    s.add_argument("what", choices=["key-share"])
-    s.add_argument("--key", required=True, choices=["attestation", "custody"])
-    s.add_argument("--output", required=True)
-    s.add_argument("--recipient", help="a recovery X25519 public key (hex) instead of a passphrase")
-    s.add_argument("--passphrase-file")
+    s = sub.add_parser("backup", help="key-share backups: two admins, one asks, one approves")
+    backups = s.add_subparsers(dest="backup_command", required=True)
+    b = backups.add_parser("key-share", help="ask for a backup (another admin approves it)")
+    b.add_argument("--key", required=True, choices=["attestation", "custody"])
+    b.add_argument("--recipient", help="a recovery X25519 public key (hex) instead of a passphrase")
+    b.add_argument("--passphrase-file")
+    backups.add_parser("list", help="backups waiting for approval")
+    b = backups.add_parser("approve", help="approve another admin's request; take the backup")
+    b.add_argument("export_id")
+    b.add_argument("--output", required=True)
     s = sub.add_parser("restore", help="restore key-share")
     s.add_argument("what", choices=["key-share"])
     s.add_argument("--input", required=True)
