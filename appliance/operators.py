@@ -152,10 +152,6 @@ class OperatorRegistry:
     def operators(self) -> list[Operator]:
         return [_operator(row) for row in self.records.all()]
 
-    def get(self, username: str) -> Operator | None:
-        row = self.records.get(username)
-        return None if row is None else _operator(row)
-
     def enrol(self, username: str, role: str, by: str | None) -> Enrolment:
         """A new operator with a new seed. `by` is the admin whose proof the control layer
         checked; None enrols the first admin, only while the registry is empty."""

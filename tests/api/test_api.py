@@ -50,10 +50,14 @@ def test_login_needs_password_and_a_fresh_totp_code(http: Http, team) -> None:
     admin: Operator = team["admin"]
     import pyotp
 
-    old_code = pyotp.TOTP(admin.secret).at(admin.last_step * 30)  # the code admin logged in with
+    old_code = pyotp.TOTP(admin.secret).at(admin.last_step * 30)  # admin's last code, used
     for body in (
         {"username": "admin", "password": admin.password, "code": old_code},  # replay
-        {"username": "admin", "password": "wrong password!", "code": admin.code()},
+        {
+            "username": "admin",
+            "password": "wrong password!",
+            "code": pyotp.TOTP(admin.secret).now(),
+        },
         {"username": "nobody", "password": admin.password, "code": "123456"},
     ):
         status, answer = http.call("POST", "/v1/session", body)
