@@ -49,6 +49,7 @@ ENGINE_STATUS = {
     "forbidden": 403,
     "bootstrap-closed": 403,
     "same-admin": 403,
+    "second-admin-required": 403,
     "throttled": 429,
     "no-such-user": 404,
     "user-exists": 409,

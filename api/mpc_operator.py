@@ -235,12 +235,15 @@ def run(args: argparse.Namespace) -> Any:
             # The first admin has no session and no code yet; every later user needs an
             # admin's fresh code.
             code = _totp(args) if client.token() else None
-            return client.request(
-                "POST",
-                "/v1/users",
-                {"username": args.username, "role": args.role, "password": password},
-                totp=code,
-            )
+            user: dict[str, Any] = {
+                "username": args.username,
+                "role": args.role,
+                "password": password,
+            }
+            if args.second_admin:  # a new admin of a node with two: the other admin's code
+                second = args.second_code or input(f"{args.second_admin}'s fresh TOTP code: ")
+                user["second_admin"] = {"username": args.second_admin, "code": second.strip()}
+            return client.request("POST", "/v1/users", user, totp=code)
         if args.user_command == "list":
             return client.request("GET", "/v1/users")
         return client.request("POST", f"/v1/users/{quote(args.username)}/disable", totp=_totp(args))
@@ -417,6 +420,8 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--username", required=True)
     u.add_argument("--role", required=True, choices=["admin", "operator", "auditor"])
     u.add_argument("--password-file")
+    u.add_argument("--second-admin", help="a new admin, once two exist: the other admin present")
+    u.add_argument("--second-code", help="that admin's fresh TOTP code (else prompted)")
     users.add_parser("list")
     u = users.add_parser("disable")
     u.add_argument("username")

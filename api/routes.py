@@ -116,10 +116,10 @@ def logout(call: Call) -> Any:
 
 def create_user(call: Call) -> Any:
     def enrol() -> str:
-        answer = call.engine(
-            "operator-enrol", {"username": call.body["username"], "role": call.body["role"]}
-        )
-        return str(answer["otpauth_uri"])
+        params = {"username": call.body["username"], "role": call.body["role"]}
+        if "second_admin" in call.body:  # a new admin, once two are enabled: four eyes
+            params["second_proof"] = call.body["second_admin"]
+        return str(call.engine("operator-enrol", params)["otpauth_uri"])
 
     enrollment = call.accounts.create_user(
         call.body["username"],
@@ -265,7 +265,9 @@ ROUTES: tuple[Route, ...] = (
           create_user, roles=ADMIN, changes=True, sensitive=True, status=201,
           body=_object(["username", "role", "password"], username=_string(64),
                        role={"type": "string", "enum": list(ALL_ROLES)},
-                       password=_string(1024))),
+                       password=_string(1024),
+                       second_admin=_object(["username", "code"], username=_string(64),
+                                            code=TOTP_CODE))),
     Route("GET", "/v1/users", "user list", "List users", list_users, roles=ADMIN),
     Route("POST", "/v1/users/{username}/disable", "user disable",
           "Disable a user and end its sessions", disable_user, roles=ADMIN, changes=True,

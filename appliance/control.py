@@ -61,6 +61,16 @@ STATE_CHANGING = {
 }
 
 
+# Why a new admin's second proof was refused (appliance.operators.OperatorRegistry.enrol).
+SECOND_PROOF_REFUSALS = {
+    "second-admin-required",
+    "same-admin",
+    "step-up-required",
+    "forbidden",
+    "throttled",
+}
+
+
 class EngineError(Exception):
     """An error answer from the engine."""
 
@@ -326,7 +336,13 @@ class ControlServer:
     async def _operator_enrol(self, params: dict[str, Any], actor: str) -> Any:
         # The proof was checked unless the registry is empty: then this is the first admin.
         by = None if self.operators.empty() else actor
-        enrolment = self.operators.enrol(params["username"], params["role"], by)
+        second = params.get("second_proof")
+        try:
+            enrolment = self.operators.enrol(params["username"], params["role"], by, second)
+        except CommandError as exc:
+            if exc.code in SECOND_PROOF_REFUSALS:
+                self._refuse_proof("operator-enrol", actor, "admin", second, exc)
+            raise
         operator = enrolment.operator
         self.engine.audit(
             "operator.enrolled",

@@ -152,9 +152,14 @@ class OperatorRegistry:
     def operators(self) -> list[Operator]:
         return [_operator(row) for row in self.records.all()]
 
-    def enrol(self, username: str, role: str, by: str | None) -> Enrolment:
+    def enrol(
+        self, username: str, role: str, by: str | None, second_proof: Any = None
+    ) -> Enrolment:
         """A new operator with a new seed. `by` is the admin whose proof the control layer
-        checked; None enrols the first admin, only while the registry is empty."""
+        checked; None enrols the first admin, only while the registry is empty. Once two
+        admins are enabled, a new admin also needs `second_proof`, of another admin: one
+        admin's code (one that a compromised API intercepted, say) never makes an admin,
+        who could then stand in for the second admin of a backup."""
         if not isinstance(username, str) or not USERNAME.fullmatch(username):
             raise CommandError(
                 "bad-request", "username: 1 to 64 of a-z 0-9 . _ -, starting with a letter"
@@ -171,6 +176,16 @@ class OperatorRegistry:
                 raise CommandError("bad-request", "the first operator of a node must be an admin")
         if self.records.get(username) is not None:
             raise CommandError("user-exists", f"operator {username!r} exists already")
+        if role == "admin" and by is not None and self.records.enabled_admins() >= 2:
+            if second_proof is None:
+                raise CommandError(
+                    "second-admin-required",
+                    "this node has two admins or more: a new admin needs another admin's "
+                    "fresh code too",
+                )
+            if isinstance(second_proof, dict) and second_proof.get("username") == by:
+                raise CommandError("same-admin", f"the second admin must be another than {by}")
+            by = f"{by}, {self._prove('enrolling an admin', 'admin', second_proof).username}"
         secret = pyotp.random_base32()
         sealed = self.sealer.seal(secret.encode(), self._context(username))
         created = self.records.add(username, role, sealed, by)
@@ -202,6 +217,10 @@ class OperatorRegistry:
                 f"{method} needs a fresh TOTP code of an enabled {role} of this "
                 "node (the engine checks it)",
             )
+        return self._prove(method, role, proof)
+
+    def _prove(self, what: str, role: str, proof: Any) -> Operator:
+        """The enabled operator of `role` whose fresh code `proof` carries (the code is spent)."""
         if (
             not isinstance(proof, dict)
             or set(proof) != {"username", "code"}
@@ -216,7 +235,7 @@ class OperatorRegistry:
             )
         if row.role != role:
             raise CommandError(
-                "forbidden", f"{method} needs the {role} role; {username} is {row.role}"
+                "forbidden", f"{what} needs the {role} role; {username} is {row.role}"
             )
         now = self._clock()
         wait = self._waiting(username, PROOF, now)

@@ -74,16 +74,18 @@ class Operator:
         return self.authenticator.last_step[self.username]
 
 
-def enroll(http: Http, username: str, role: str, admin: Operator | None) -> Operator:
+def enroll(
+    http: Http, username: str, role: str, admin: Operator | None, second: Operator | None = None
+) -> Operator:
     """A new user: the first admin without a session, every other one by `admin` with a
-    fresh code."""
+    fresh code, and a new admin of a node with two admins with `second`'s code too."""
     password = secrets.token_urlsafe(16)
+    body: dict[str, Any] = {"username": username, "role": role, "password": password}
+    code = admin.code() if admin else None
+    if second is not None:
+        body["second_admin"] = {"username": second.username, "code": second.code()}
     status, answer = http.call(
-        "POST",
-        "/v1/users",
-        {"username": username, "role": role, "password": password},
-        token=admin.token if admin else None,
-        totp=admin.code() if admin else None,
+        "POST", "/v1/users", body, token=admin.token if admin else None, totp=code
     )
     assert status == 201, answer
     return Operator(

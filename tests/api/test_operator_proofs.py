@@ -57,12 +57,14 @@ def admins(http: Http) -> dict[str, Operator]:
     an authenticator gives per half-minute in one test."""
     root = log_in(http, enroll(http, "root", "admin", None))
     alice = log_in(http, enroll(http, "alice", "admin", root))
-    bob = log_in(http, enroll(http, "bob", "admin", root))
+    # Two admins now: a new admin needs both an admin's code and another admin's.
+    bob = log_in(http, enroll(http, "bob", "admin", root, second=alice))
+    carol = log_in(http, enroll(http, "carol", "admin", bob, second=alice))
     return {
         "alice": alice,
         "bob": bob,
-        "olga": log_in(http, enroll(http, "olga", "operator", alice)),
-        "carol": log_in(http, enroll(http, "carol", "admin", bob)),
+        "carol": carol,
+        "olga": log_in(http, enroll(http, "olga", "operator", bob)),
     }
 
 
@@ -159,9 +161,21 @@ def test_user_create_and_enable_service_need_a_fresh_code(
         403,
         "step-up-required",
     )
+    # A new admin, with carol's fresh code alone: the engine wants another admin's too.
+    body = {"username": "mallory", "role": "admin", "password": "a long enough password"}
+    code = carol.code()
+
+    def alone() -> tuple[int, Any] | None:
+        answer = http.call("POST", "/v1/users", body, token=carol.token, totp=code)
+        return None if answer[0] == 429 else answer
+
+    assert error(wait_until(alone, within=DELAY_MAX + 2, what="carol's code after the delay")) == (
+        403,
+        "second-admin-required",
+    )
     users = {u["username"] for u in http.call("GET", "/v1/users", token=carol.token)[1]["users"]}
     assert "dave" in users
-    assert "erin" not in users
+    assert not users & {"erin", "mallory"}
     reason = {"reason": "maintenance"}
     code = carol.code()
 

@@ -75,6 +75,21 @@ def refused(work: Callable[[], Any]) -> EngineError:
     return caught.value
 
 
+def taken(call: Callable[[], Any]) -> Any:
+    """`call()`'s answer once its code is taken: a wrong code of an earlier test may hold
+    this operator's next code back for a few seconds (a held-back code is not spent)."""
+
+    def attempt() -> Any:
+        try:
+            return call()
+        except EngineError as exc:
+            if exc.code != "throttled":
+                raise
+            return None
+
+    return wait_until(attempt, within=10, pause=0.5, what="the code taken")
+
+
 def state(node: DevNode) -> dict[str, Any]:
     """Everything the forged commands would change."""
     return {
@@ -159,6 +174,40 @@ def test_the_first_admin_only_enrols_into_an_empty_registry(node: DevNode) -> No
     )
     assert error.code == "step-up-required"
     assert "eve" not in {o["username"] for o in node.call("operators")["operators"]}
+
+
+def test_one_admins_code_makes_no_second_admin(node: DevNode, journal: Journal) -> None:
+    """A compromised API holding one admin's valid code cannot enrol an admin of its own
+    (who could then approve its backups) once the node has two admins."""
+    proof = node.authenticator.proof("dev-admin")
+    second = taken(
+        lambda: forger(node).call_sync(
+            "operator-enrol", {"username": "dev-admin-2", "role": "admin"}, 30, proof
+        )
+    )
+    node.authenticator.add("dev-admin-2", second["otpauth_uri"])
+    proof = node.authenticator.proof("dev-admin")
+    error = refused(
+        lambda: forger(node).call_sync(
+            "operator-enrol", {"username": "mallory", "role": "admin"}, 30, proof
+        )
+    )
+    assert error.code == "second-admin-required"
+    assert "mallory" not in {o["username"] for o in node.call("operators")["operators"]}
+    records = journal.wait_for(
+        WIRE_EVENT="operator.proof-refused", WIRE_REASON="second-admin-required", **mine(node)
+    )
+    assert records[-1]["WIRE_ACTOR"] == "dev-admin"
+    # With the other admin's fresh code too, the new admin is enrolled, by both. (The first
+    # code may wait for a fresh step: the second is taken after it, so it is still fresh.)
+    first = node.authenticator.proof("dev-admin")
+    params = {
+        "username": "carol",
+        "role": "admin",
+        "second_proof": node.authenticator.proof("dev-admin-2"),
+    }
+    both = forger(node).call_sync("operator-enrol", params, 30, first)
+    assert both["created_by"] == "dev-admin, dev-admin-2"
 
 
 def test_seeds_never_reach_the_engines_database_or_log(node: DevNode, journal: Journal) -> None:

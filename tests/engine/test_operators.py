@@ -295,6 +295,31 @@ def test_every_login_check_unseals_a_seed(
         assert sealer.unsealed == before + 1, username
 
 
+def test_once_two_admins_exist_a_new_admin_needs_both(
+    registry: OperatorRegistry, team: Team, clock: Clock
+) -> None:
+    """One admin's code (say, intercepted by a compromised API) makes no admin that could
+    then stand in for the second admin of a backup."""
+    assert refusal(lambda: registry.enrol("mallory", "admin", "alice")).code == (
+        "second-admin-required"
+    )
+    # alice's own code as the second: refused before it is looked at.
+    own = team.proof("alice", START)
+    assert refusal(lambda: registry.enrol("mallory", "admin", "alice", own)).code == "same-admin"
+    olga = team.proof("olga", START)
+    assert refusal(lambda: registry.enrol("mallory", "admin", "alice", olga)).code == "forbidden"
+    wrong = {"username": "bob", "code": "000000"}
+    assert refusal(lambda: registry.enrol("mallory", "admin", "alice", wrong)).code == (
+        "step-up-required"
+    )
+    assert "mallory" not in {o.username for o in registry.operators()}
+    clock.now += 1  # the wrong code's delay
+    enrolment = registry.enrol("carol", "admin", "alice", team.proof("bob", clock.now))
+    assert enrolment.operator.created_by == "alice, bob"
+    # Operators and auditors need one admin, as before.
+    assert registry.enrol("aude", "auditor", "alice").operator.role == "auditor"
+
+
 def test_the_last_enabled_admin_stays(registry: OperatorRegistry, team: Team) -> None:
     assert registry.disable("bob").disabled
     assert refusal(lambda: registry.disable("alice")).code == "last-admin"
