@@ -1,19 +1,18 @@
-"""The operator accounts of the control API: users and roles, password + TOTP logins, backup
-codes, sessions and lockout, kept in one SQLite file (WAL, synchronous=FULL, mode 0600).
+"""The operator accounts of the control API: users' passwords and backup codes, sessions,
+kept in one SQLite file (WAL, synchronous=FULL, mode 0600).
 
-The API process holds no key material; this database holds only password and code hashes,
-hashes of session tokens, and the TOTP seeds (which must stay readable to check codes, hence
-the owner-only file). Several gunicorn workers open their own `Accounts` on the same file:
-every read-modify-write (a login, a step-up, a consumed backup code, a disabled admin) runs
-in one `BEGIN IMMEDIATE` transaction, so two workers cannot both accept one code. The slow
-password hashing runs before that transaction, so one login does not hold the write lock for
-the whole hash.
+The API process holds no key material and no TOTP seed: the engine's operator registry
+(`appliance.operators`) holds the seeds sealed by the HSM, enrols users (`enrol`) and checks
+the TOTP code of a login (`check_code`); this database holds password and backup-code hashes,
+hashes of session tokens, and a copy of each user's role and disabled flag for the routes.
+Several gunicorn workers open their own `Accounts` on the same file: every read-modify-write
+(a login, a consumed backup code) runs in one `BEGIN IMMEDIATE` transaction, so two workers
+cannot both accept one backup code. The slow password hashing runs before that transaction.
 
-Known limits: only existing accounts can be locked, so a caller who makes five failed logins
-can tell an existing username (which starts answering "locked") from an unknown one; and a
-refused login of an existing user costs one more durable write (its failure count) than one
-of an unknown user, milliseconds next to the password hash. The API listens on a local,
-owner-only socket, which keeps such a caller on the appliance.
+Failed logins lock nothing here: a TOTP code is only looked at by the engine, which slows
+an account's codes down after wrong ones offered with the right password; a backup code
+(60 random bits) is never refused for earlier failures, so nobody can keep the real user
+out, and a wrong password gains a guesser nothing without the code that goes with it.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import base64
 import contextlib
 import hashlib
 import hmac
-import math
 import os
 import re
 import secrets
@@ -35,10 +33,9 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-import pyotp
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-__all__ = ["ROLES", "AccountError", "Accounts", "Enrollment", "Session", "User"]
+__all__ = ["ROLES", "AccountError", "Accounts", "CodeCheck", "Enrollment", "Session", "User"]
 
 ROLES = ("admin", "operator", "auditor")
 
@@ -58,19 +55,17 @@ BACKUP_CODES = 10
 BACKUP_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 BACKUP_GROUPS, BACKUP_GROUP_LENGTH = 3, 4
 
-TOTP_WINDOW = 1  # steps accepted either side of the current one (clock drift, slow typing)
-
-LOCK_AFTER = 5
-LOCK_FIRST_SECONDS = 30.0
-LOCK_MAX_SECONDS = 3600.0
-
 _TOTP_CODE = re.compile(r"[0-9]{6}")
 _BACKUP_CODE = re.compile(f"[{BACKUP_ALPHABET}]{{{BACKUP_GROUPS * BACKUP_GROUP_LENGTH}}}")
 _DUMMY_BACKUP_SALT = os.urandom(16)
 
 _LOGIN_FAILED = ("login-failed", "wrong username, password or code", 401)
 _UNAUTHENTICATED = ("unauthenticated", "session missing, expired or revoked; log in again", 401)
-_STEP_UP = ("step-up-required", "this call needs a fresh TOTP code", 403)
+
+# The engine's answer to a login's TOTP code: (username, code, whether the password was
+# right, and the user exists and is enabled here) -> accepted. A code offered with a wrong
+# password is sent too, so that the engine's work, and the time it takes, is the same.
+CodeCheck = Callable[[str, str, bool], bool]
 
 # Numbered migrations; a database records the last one applied in `PRAGMA user_version`.
 # They only ever append: a shipped migration is never edited.
@@ -107,6 +102,20 @@ _MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX sessions_by_user ON sessions (username);
         """,
     ),
+    (
+        2,
+        # The TOTP seeds move to the engine's registry (sealed by the HSM) and the lockout
+        # goes. Users of before have no seed there: they are disabled, and created again by
+        # an admin (the first admin again while no user is enabled).
+        """
+        UPDATE sessions SET revoked = 1;
+        UPDATE users SET disabled = 1;
+        ALTER TABLE users DROP COLUMN totp_secret;
+        ALTER TABLE users DROP COLUMN failures;
+        ALTER TABLE users DROP COLUMN locked_until;
+        ALTER TABLE users DROP COLUMN last_totp_step;
+        """,
+    ),
 )
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
@@ -131,9 +140,9 @@ class User:
 
 @dataclass(frozen=True)
 class Enrollment:
-    """What a new user needs to log in, returned once at creation: the TOTP seed and the
-    backup codes are never retrievable again (the seed is kept only to check codes, the
-    backup codes only as hashes). Secrets stay out of `repr` so a logged object leaks none."""
+    """What a new user needs to log in, returned once at creation: the TOTP seed (made and
+    kept sealed by the engine) and the backup codes (kept here only as hashes) are never
+    retrievable again. Secrets stay out of `repr` so a logged object leaks none."""
 
     user: User
     otpauth_uri: str = field(repr=False)
@@ -157,7 +166,6 @@ class Accounts:
     def __init__(
         self,
         path: Path,
-        issuer: str,
         *,
         session_seconds: float = 900.0,
         session_max_seconds: float = 8 * 3600.0,
@@ -166,7 +174,6 @@ class Accounts:
         if not 0 < session_seconds <= session_max_seconds:
             raise ValueError("need 0 < session_seconds <= session_max_seconds")
         self.path = Path(path)
-        self.issuer = issuer
         self.session_seconds = float(session_seconds)
         self.session_max_seconds = float(session_max_seconds)
         self._clock = clock
@@ -182,6 +189,8 @@ class Accounts:
                 raise AccountError("database", f"{self.path}: SQLite refused WAL ({mode})", 500)
             self._db.execute("PRAGMA synchronous = FULL")
             self._db.execute("PRAGMA foreign_keys = ON")
+            # What is deleted is overwritten (the TOTP seeds of before migration 2 included).
+            self._db.execute("PRAGMA secure_delete = ON")
             self._migrate()
         except BaseException:
             self._db.close()
@@ -194,9 +203,12 @@ class Accounts:
             self._db.close()
 
     # -- users -----------------------------------------------------------------------------
-    def has_users(self) -> bool:
+    def has_enabled_users(self) -> bool:
+        """While none is, the first admin can be created without a session (the engine
+        decides: it enrols one only while its registry is empty)."""
         with self._lock:
-            return self._db.execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None
+            row = self._db.execute("SELECT 1 FROM users WHERE disabled = 0 LIMIT 1").fetchone()
+            return row is not None
 
     def list_users(self) -> list[User]:
         with self._lock:
@@ -204,13 +216,18 @@ class Accounts:
             return [_user(row) for row in rows]
 
     def create_user(
-        self, username: str, role: str, password: str, *, created_by: User | None
+        self,
+        username: str,
+        role: str,
+        password: str,
+        *,
+        created_by: User | None,
+        enrol: Callable[[], str],
     ) -> Enrollment:
-        """Create a user and return its enrollment, the only time its TOTP seed and backup
-        codes leave this module. The first user (created while none exists, by nobody) must
-        be an admin; every later one is created by an enabled admin."""
-        with self._lock:
-            self._check_creator(created_by, role)
+        """Check the new user's details, have the engine enrol it (`enrol()` gives the
+        otpauth URI; the engine decides who may enrol whom) and keep its password and
+        backup codes. A row left here by a user the engine does not know (one of before the
+        registry, disabled by the migration) is replaced."""
         if not isinstance(username, str) or not USERNAME.fullmatch(username):
             raise AccountError(
                 "bad-username",
@@ -226,57 +243,53 @@ class Accounts:
                 f"a password needs {PASSWORD_MIN} to {PASSWORD_MAX} characters",
             )
         password_hash = _hash_password(password)
-        secret = pyotp.random_base32()
         backup_salt = os.urandom(16)
         codes = _new_backup_codes()
         code_hashes = [_backup_hash(backup_salt, _compact(code)) for code in codes]
+        uri = enrol()
         now = self._clock()
         with self._transaction():
-            self._check_creator(created_by, role)
-            if self._db.execute("SELECT 1 FROM users WHERE username = ?", (username,)).fetchone():
-                raise AccountError("user-exists", f"user {username!r} exists already", 409)
-            self._db.execute(
-                "INSERT INTO users (username, role, password_hash, totp_secret, backup_salt,"
-                " created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    username,
-                    role,
-                    password_hash,
-                    secret,
-                    backup_salt,
-                    now,
-                    None if created_by is None else created_by.username,
-                ),
+            self._db.execute("DELETE FROM backup_codes WHERE username = ?", (username,))
+            self._db.execute("UPDATE sessions SET revoked = 1 WHERE username = ?", (username,))
+            values = (
+                role,
+                password_hash,
+                backup_salt,
+                now,
+                None if created_by is None else created_by.username,
+                username,
             )
+            replaced = self._db.execute(
+                "UPDATE users SET role = ?, password_hash = ?, backup_salt = ?, disabled = 0,"
+                " created_at = ?, created_by = ? WHERE username = ?",
+                values,
+            )
+            if replaced.rowcount == 0:
+                self._db.execute(
+                    "INSERT INTO users (role, password_hash, backup_salt, created_at,"
+                    " created_by, username) VALUES (?, ?, ?, ?, ?, ?)",
+                    values,
+                )
             self._db.executemany(
                 "INSERT INTO backup_codes (username, code_hash) VALUES (?, ?)",
                 [(username, code_hash) for code_hash in code_hashes],
             )
-        uri = pyotp.TOTP(secret).provisioning_uri(name=username, issuer_name=self.issuer)
         return Enrollment(User(username, role, False, now), uri, codes)
 
-    def disable_user(self, username: str, *, by: User) -> User:
-        """Disable a user and revoke all its sessions. The check for the last enabled admin
-        runs in the same transaction, so two admins disabling each other at once cannot
-        leave the appliance without one."""
+    def disable_user(self, username: str) -> None:
+        """Mark a user disabled and revoke all its sessions, once the engine disabled it in
+        its registry (which decides, and keeps the last enabled admin)."""
         with self._transaction():
-            if not self._is_enabled_admin(by):
-                raise AccountError("forbidden", "only an enabled admin can disable users", 403)
-            row = self._db.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
-            if row is None:
-                raise AccountError("no-such-user", f"no user {username!r}", 404)
-            if row["role"] == "admin" and not row["disabled"] and self._enabled_admins() <= 1:
-                raise AccountError("last-admin", "the last enabled admin cannot be disabled", 409)
             self._db.execute("UPDATE users SET disabled = 1 WHERE username = ?", (username,))
             self._db.execute("UPDATE sessions SET revoked = 1 WHERE username = ?", (username,))
-        return User(row["username"], row["role"], True, row["created_at"])
 
     # -- logins and sessions -------------------------------------------------------------------
-    def login(self, username: str, password: str, code: str) -> Session:
-        """Password and a second factor (the current TOTP code, or an unused backup code,
-        which this consumes). Every refusal but a lockout looks the same, in message and in
-        time: the password hash runs for unknown users too, and a backup code is hashed
-        whether or not the password was right."""
+    def login(self, username: str, password: str, code: str, check_code: CodeCheck) -> Session:
+        """Password and a second factor: the current TOTP code (checked by the engine's
+        registry: `check_code`), or an unused backup code, which this consumes. Every refusal
+        looks the same, in message and in time: the password hash runs for unknown users
+        too, a backup code is hashed whether or not the password was right, and a TOTP code
+        goes to the engine either way."""
         if not all(isinstance(value, str) for value in (username, password, code)):
             raise AccountError(*_LOGIN_FAILED)
         if len(password) > LOGIN_PASSWORD_MAX:
@@ -284,8 +297,6 @@ class Accounts:
         now = self._clock()
         with self._lock:
             row = self._db.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
-        if row is not None and not row["disabled"]:
-            self._refuse_if_locked(row, now)
         stored_hash = _dummy_password_hash() if row is None else row["password_hash"]
         password_ok = _verify_password(password, stored_hash)
         kind, compact = _classify(code)
@@ -293,6 +304,10 @@ class Accounts:
         if kind == "backup":
             salt = _DUMMY_BACKUP_SALT if row is None else row["backup_salt"]
             backup_hash = _backup_hash(salt, compact)
+        code_ok = False
+        if kind == "totp":
+            enabled = row is not None and not row["disabled"]
+            code_ok = check_code(username, compact, password_ok and enabled)
         if row is None:
             raise AccountError(*_LOGIN_FAILED)
 
@@ -301,17 +316,14 @@ class Accounts:
             row = self._db.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
             if row is None or row["disabled"]:
                 raise AccountError(*_LOGIN_FAILED)
-            self._refuse_if_locked(row, now)
             # The hash checked above must still be the user's (the row was read unlocked).
             if password_ok and hmac.compare_digest(row["password_hash"], stored_hash):
                 if kind == "totp":
-                    accepted = self._accept_totp(row, compact, now)
+                    accepted = code_ok
                 else:
                     accepted = kind == "backup" and self._consume_backup(row, backup_hash, now)
                 if accepted:
                     session = self._open_session(row, now)
-            if session is None:
-                self._record_failure(row, now)
         if session is None:
             raise AccountError(*_LOGIN_FAILED)
         return session
@@ -355,84 +367,7 @@ class Accounts:
                 "UPDATE sessions SET revoked = 1 WHERE token_sha256 = ?", (_token_digest(token),)
             )
 
-    def step_up(self, user: User, code: str) -> None:
-        """Require a fresh TOTP code for a sensitive call, on top of a valid session: a
-        stolen session token alone cannot sign or change anything. Backup codes are not
-        accepted here (they are for a lost authenticator, at login). A wrong code counts
-        toward the lockout, so a stolen session cannot be used to guess codes; a missing code
-        is only a request for one and does not count."""
-        now = self._clock()
-        with self._transaction():
-            row = self._db.execute(
-                "SELECT * FROM users WHERE username = ?", (user.username,)
-            ).fetchone()
-            if row is None or row["disabled"]:
-                raise AccountError(*_STEP_UP)
-            self._refuse_if_locked(row, now)
-            if not isinstance(code, str) or not code.strip():
-                raise AccountError(*_STEP_UP)
-            kind, compact = _classify(code)
-            if kind == "totp" and self._accept_totp(row, compact, now):
-                return
-            self._record_failure(row, now)
-        raise AccountError(*_STEP_UP)
-
     # -- inside transactions -------------------------------------------------------------------
-    def _check_creator(self, created_by: User | None, role: str) -> None:
-        has_users = self._db.execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None
-        if created_by is None:
-            if has_users:
-                raise AccountError(
-                    "bootstrap-closed", "users exist: an admin must create new ones", 403
-                )
-            if role != "admin":
-                raise AccountError("bad-role", "the first user must be an admin")
-        elif not self._is_enabled_admin(created_by):
-            raise AccountError("forbidden", "only an enabled admin can create users", 403)
-
-    def _is_enabled_admin(self, user: User) -> bool:
-        """Judged on the database, not on the caller's `User`, which may be stale."""
-        row = self._db.execute(
-            "SELECT 1 FROM users WHERE username = ? AND role = 'admin' AND disabled = 0",
-            (user.username,),
-        ).fetchone()
-        return row is not None
-
-    def _enabled_admins(self) -> int:
-        row = self._db.execute(
-            "SELECT count(*) FROM users WHERE role = 'admin' AND disabled = 0"
-        ).fetchone()
-        return int(row[0])
-
-    def _refuse_if_locked(self, row: sqlite3.Row, now: float) -> None:
-        if row["locked_until"] > now:
-            seconds = math.ceil(row["locked_until"] - now)
-            raise AccountError(
-                "locked", f"account locked for {seconds} s after repeated failures", 429
-            )
-
-    def _accept_totp(self, row: sqlite3.Row, code: str, now: float) -> bool:
-        """Accept a code of the steps around now only if its step is later than the last
-        accepted one, and remember it: a code is good once, and an older code is refused
-        after a newer one was used."""
-        totp = pyotp.TOTP(row["totp_secret"])
-        current = totp.timecode(now)
-        matched = [
-            current + offset
-            for offset in range(-TOTP_WINDOW, TOTP_WINDOW + 1)
-            if current + offset >= 0
-            and hmac.compare_digest(totp.at(now, counter_offset=offset), code)
-        ]
-        step = max(matched, default=-1)
-        if step <= row["last_totp_step"]:
-            return False
-        self._db.execute(
-            "UPDATE users SET last_totp_step = ?, failures = 0, locked_until = 0"
-            " WHERE username = ?",
-            (step, row["username"]),
-        )
-        return True
-
     def _consume_backup(self, row: sqlite3.Row, code_hash: bytes, now: float) -> bool:
         unused = self._db.execute(
             "SELECT rowid, code_hash FROM backup_codes WHERE username = ? AND used_at IS NULL",
@@ -445,24 +380,7 @@ class Accounts:
         if found is None:
             return False
         self._db.execute("UPDATE backup_codes SET used_at = ? WHERE rowid = ?", (now, found))
-        self._db.execute(
-            "UPDATE users SET failures = 0, locked_until = 0 WHERE username = ?",
-            (row["username"],),
-        )
         return True
-
-    def _record_failure(self, row: sqlite3.Row, now: float) -> None:
-        """Count a failure; from the fifth in a row the account locks, 30 s and doubling
-        with each further failure up to an hour."""
-        failures = int(row["failures"]) + 1
-        locked_until = float(row["locked_until"])
-        if failures >= LOCK_AFTER:
-            doublings = min(failures - LOCK_AFTER, 32)
-            locked_until = now + min(LOCK_FIRST_SECONDS * 2**doublings, LOCK_MAX_SECONDS)
-        self._db.execute(
-            "UPDATE users SET failures = ?, locked_until = ? WHERE username = ?",
-            (failures, locked_until, row["username"]),
-        )
 
     def _open_session(self, row: sqlite3.Row, now: float) -> Session:
         # Sessions that can no longer be used are dropped as logins come by.
@@ -492,7 +410,9 @@ class Accounts:
 
     def _migrate(self) -> None:
         """Apply the missing migrations, re-reading the version inside the transaction:
-        workers starting together must not both create the tables."""
+        workers starting together must not both create the tables. After a migration the
+        write-ahead log is folded back into the file and emptied, so that no page image of
+        before (the TOTP seeds migration 2 drops) stays in either."""
         with self._transaction():
             current = int(self._db.execute("PRAGMA user_version").fetchone()[0])
             if current > SCHEMA_VERSION:
@@ -508,12 +428,15 @@ class Accounts:
                         if statement.strip():
                             self._db.execute(statement)
                     self._db.execute(f"PRAGMA user_version = {version:d}")
+        if current < SCHEMA_VERSION:
+            with self._lock:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _create_owner_only(path: Path) -> None:
     """Create the file 0600 before SQLite opens it, whatever the umask, and tighten an
-    existing one: it holds the TOTP seeds. SQLite gives its -wal and -shm files the same
-    mode as the database."""
+    existing one: it holds password and backup-code hashes. SQLite gives its -wal and -shm
+    files the same mode as the database."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         os.fchmod(fd, 0o600)

@@ -1,7 +1,8 @@
 """The Falcon application of `wire-api`: for every request, find its route, authenticate the
-session, check the role, check the body, ask for a fresh TOTP code where the route is
-sensitive, write the audit record (refusing a state change whose record cannot be written),
-run the handler, and answer JSON; errors are JSON with a stable code and a readable title.
+session, check the role, check the body, take the fresh TOTP code a sensitive route needs
+(the engine checks it), write the audit record (refusing a state change whose record cannot
+be written), run the handler, and answer JSON; errors are JSON with a stable code and a
+readable title.
 
 It holds no key material and never opens the HSM: the engine does the work."""
 
@@ -48,6 +49,19 @@ ENGINE_STATUS = {
     "internal-error": 500,
     "audit-unavailable": 503,
     "unknown-method": 501,
+    # The engine's own checks of operators and their proofs (appliance.operators, exports).
+    "step-up-required": 403,
+    "forbidden": 403,
+    "bootstrap-closed": 403,
+    "same-admin": 403,
+    "second-admin-required": 403,
+    "throttled": 429,
+    "no-such-user": 404,
+    "user-exists": 409,
+    "last-admin": 409,
+    "export-expired": 409,
+    "export-stale": 409,
+    "too-many-exports": 409,
 }
 
 
@@ -71,9 +85,8 @@ class WireApi:
         self.settings = config.api
         self.settings.database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.accounts = Accounts(
-            self.settings.database, f"wire-mpc {config.cluster_id}/{config.node_id}",
-            session_seconds=self.settings.session_seconds,
-        )  # fmt: skip
+            self.settings.database, session_seconds=self.settings.session_seconds
+        )
         self.engine = EngineLink(config.engine_socket)
         configure_metrics(self.settings.metrics_dir)
         self.metrics = ApiMetrics()
@@ -98,9 +111,8 @@ class WireApi:
             user = self._user(route, req)
             call = Call(user, self._body(route, req), self._query(route, req), params,
                         self.accounts, self.engine, self.settings)  # fmt: skip
-            if route.sensitive:
-                assert user is not None
-                self.accounts.step_up(user, req.get_header("X-Wire-TOTP") or "")
+            if route.sensitive and user is not None:
+                call.proof = _proof(user, req)
             if route.changes:
                 self._audit(route, user, "received", required=True)
             result = route.handler(call)
@@ -114,7 +126,7 @@ class WireApi:
             _error(resp, exc.status, exc.code, exc.title)
         except AccountError as exc:
             status = exc.status
-            if exc.code in ("login-failed", "locked"):
+            if exc.code == "login-failed":
                 self.metrics.login_failed()
                 self._audit(route, None, "refused", actor=_field(req, "username"),
                             reason=exc.code)  # fmt: skip
@@ -147,8 +159,8 @@ class WireApi:
         if route.public:
             return None
         bootstrap = route.path == "/v1/users" and route.method == "POST"
-        if bootstrap and not self.accounts.has_users():
-            return None  # the first admin: create_user checks that it is the first
+        if bootstrap and not self.accounts.has_enabled_users():
+            return None  # the first admin: the engine enrols it only into an empty registry
         user = self.accounts.authenticate(token or "")
         if user.role not in route.roles:
             raise ApiError(403, "forbidden", f"the {user.role} role may not {route.name}")
@@ -200,6 +212,14 @@ def _bearer(req: falcon.Request) -> str | None:
     header = req.get_header("Authorization") or ""
     scheme, _, token = header.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _proof(user: User, req: falcon.Request) -> dict[str, str]:
+    """The caller's proof for the engine: refused here already when there is no code."""
+    code = (req.get_header("X-Wire-TOTP") or "").strip()
+    if not code:
+        raise ApiError(403, "step-up-required", "this call needs a fresh TOTP code (X-Wire-TOTP)")
+    return {"username": user.username, "code": code}
 
 
 def _field(req: falcon.Request, name: str) -> str | None:

@@ -1,6 +1,8 @@
 """The API's way to the engine: its owner-only control socket, newline-delimited JSON, one
 request at a time on a connection kept per worker. The engine checks the caller's Unix
-credentials; the API tells it on whose behalf it asks (`actor`, `role`)."""
+credentials; the API tells it on whose behalf it asks (`actor`, `role`), and for the
+commands the engine authorizes itself passes the operator's proof (username and fresh TOTP
+code), which the engine checks against its own registry."""
 
 from __future__ import annotations
 
@@ -59,9 +61,17 @@ class EngineLink:
         actor: str,
         role: str,
         within: float | None = None,
+        proof: dict[str, str] | None = None,
     ) -> Any:
-        request = {"id": next(self._ids), "method": method, "params": params,
-                   "actor": actor, "role": role}  # fmt: skip
+        request: dict[str, Any] = {
+            "id": next(self._ids),
+            "method": method,
+            "params": params,
+            "actor": actor,
+            "role": role,
+        }
+        if proof is not None:
+            request["proof"] = proof
         line = json.dumps(request).encode() + b"\n"
         for attempt in (1, 2):
             # Only a kept connection is retried (the engine may have restarted since it was

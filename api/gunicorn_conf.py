@@ -43,7 +43,7 @@ def on_starting(server: Any) -> None:
     # Create and migrate the accounts database once, before the workers start: two workers
     # switching a new database to WAL at the same moment would find it locked.
     _api.database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    Accounts(_api.database, "wire-api").close()
+    Accounts(_api.database).close()
 
 
 def when_ready(server: Any) -> None:

@@ -259,14 +259,21 @@ def run(args: argparse.Namespace) -> Any:
                 args.password_file,
                 confirm=not args.password_file,
             )
-            return client.request(
-                "POST",
-                "/v1/users",
-                {"username": args.username, "role": args.role, "password": password},
-            )
+            # The first admin has no session and no code yet; every later user needs an
+            # admin's fresh code.
+            code = _totp(args) if client.token() else None
+            user: dict[str, Any] = {
+                "username": args.username,
+                "role": args.role,
+                "password": password,
+            }
+            if args.second_admin:  # a new admin of a node with two: the other admin's code
+                second = args.second_code or input(f"{args.second_admin}'s fresh TOTP code: ")
+                user["second_admin"] = {"username": args.second_admin, "code": second.strip()}
+            return client.request("POST", "/v1/users", user, totp=code)
         if args.user_command == "list":
             return client.request("GET", "/v1/users")
-        return client.request("POST", f"/v1/users/{quote(args.username)}/disable")
+        return client.request("POST", f"/v1/users/{quote(args.username)}/disable", totp=_totp(args))
     if command == "init":
         return client.request("POST", "/v1/init")
     if command == "dkg":
@@ -278,23 +285,30 @@ def run(args: argparse.Namespace) -> Any:
     if command in ("key-info", "status", "security-check", "service-status"):
         path = {"service-status": "/v1/service"}.get(command, f"/v1/{command}")
         return client.request("GET", path)
+    if command == "backup" and args.backup_command == "key-share":
+        body: dict[str, Any] = {"key": args.key}
+        if args.recipient:
+            body["recipient"] = args.recipient
+        else:
+            body["passphrase"] = _secret(
+                "backup passphrase: ", args.passphrase_file, confirm=not args.passphrase_file
+            )
+        return client.request("POST", "/v1/backup/key-share", body, totp=_totp(args))
+    if command == "backup" and args.backup_command == "list":
+        return client.request("GET", "/v1/backup/requests")
     if command == "backup":
         # The file is made before the node is asked, so a name that is taken costs neither
-        # a TOTP code nor a backup made and thrown away.
+        # a TOTP code nor an approval spent on a backup thrown away.
         out = Path(args.output)
         handle = os.fdopen(_create_private_file(out), "wb")
         try:
             with handle:
-                body: dict[str, Any] = {"key": args.key}
-                if args.recipient:
-                    body["recipient"] = args.recipient
-                else:
-                    body["passphrase"] = _secret(
-                        "backup passphrase: ",
-                        args.passphrase_file,
-                        confirm=not args.passphrase_file,
-                    )
-                answer = client.request("POST", "/v1/backup/key-share", body, totp=_totp(args))
+                answer = client.request(
+                    "POST",
+                    f"/v1/backup/requests/{quote(args.export_id)}/approve",
+                    {},
+                    totp=_totp(args),
+                )
                 handle.write(base64.b64decode(answer.pop("backup")))
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -324,7 +338,10 @@ def run(args: argparse.Namespace) -> Any:
         body = {"coordinate": not args.approve_only}
         if args.address:
             body["address"] = args.address
-        return _with_progress(command, lambda: client.request("POST", f"/v1/{command}", body))
+        code = _totp(args)
+        return _with_progress(
+            command, lambda: client.request("POST", f"/v1/{command}", body, totp=code)
+        )
     if command in ("payouts", "fee-reservoir"):
         return client.request("GET", f"/v1/{command}")
     if command == "approve-burn":
@@ -347,7 +364,10 @@ def run(args: argparse.Namespace) -> Any:
         return client.request("PUT", "/v1/policy", changes, totp=_totp(args))
     if command == "enable-service":
         return client.request(
-            "POST", "/v1/service/enable", {"reason": args.reason} if args.reason else {}
+            "POST",
+            "/v1/service/enable",
+            {"reason": args.reason} if args.reason else {},
+            totp=_totp(args),
         )
     if command == "disable-service":
         return client.request(
@@ -432,10 +452,14 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("logout", help="end the session")
     s = sub.add_parser("user", help="users (admin)")
     users = s.add_subparsers(dest="user_command", required=True)
-    u = users.add_parser("create", help="create a user (the first admin needs no session)")
+    u = users.add_parser(
+        "create", help="create a user (the first admin needs no session; later ones a code)"
+    )
     u.add_argument("--username", required=True)
     u.add_argument("--role", required=True, choices=["admin", "operator", "auditor"])
     u.add_argument("--password-file")
+    u.add_argument("--second-admin", help="a new admin, once two exist: the other admin present")
+    u.add_argument("--second-code", help="that admin's fresh TOTP code (else prompted)")
     users.add_parser("list")
     u = users.add_parser("disable")
     u.add_argument("username")
@@ -466,12 +490,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--key-file", required=True, help="the verification key, as audit-key gave it")
     s = sub.add_parser("policy", help="show, or (admin) change, this node's signing policy")
     s.add_argument("--set", action="append", metavar="NAME=SATS", help="a field to change")
-    s = sub.add_parser("backup", help="backup key-share")
-    s.add_argument("what", choices=["key-share"])
-    s.add_argument("--key", required=True, choices=["attestation", "custody"])
-    s.add_argument("--output", required=True)
-    s.add_argument("--recipient", help="a recovery X25519 public key (hex) instead of a passphrase")
-    s.add_argument("--passphrase-file")
+    s = sub.add_parser("backup", help="key-share backups: two admins, one asks, one approves")
+    backups = s.add_subparsers(dest="backup_command", required=True)
+    b = backups.add_parser("key-share", help="ask for a backup (another admin approves it)")
+    b.add_argument("--key", required=True, choices=["attestation", "custody"])
+    b.add_argument("--recipient", help="a recovery X25519 public key (hex) instead of a passphrase")
+    b.add_argument("--passphrase-file")
+    backups.add_parser("list", help="backups waiting for approval")
+    b = backups.add_parser("approve", help="approve another admin's request; take the backup")
+    b.add_argument("export_id")
+    b.add_argument("--output", required=True)
     s = sub.add_parser("restore", help="restore key-share")
     s.add_argument("what", choices=["key-share"])
     s.add_argument("--input", required=True)

@@ -2,8 +2,10 @@
 a fresh TOTP code, its request body, and its handler. The Falcon app and the OpenAPI
 document are both built from this table, so neither can list a route the other lacks.
 
-Roles: `admin` runs users, configuration and the service switches; `operator` runs
-ceremonies, tests, approvals and backups; `auditor` reads. Every role reads."""
+Roles: `admin` runs users, configuration, the service switches and key-share backups (two
+admins for each) and restores; `operator` runs ceremonies, tests and approvals; `auditor`
+reads. Every role reads. A sensitive route passes the caller's fresh TOTP code to the engine
+as a proof, which the engine checks against its own registry of operators."""
 
 from __future__ import annotations
 
@@ -37,12 +39,15 @@ class Call:
     accounts: Accounts
     engine_link: EngineLink
     settings: ApiConfig
+    proof: dict[str, str] | None = None  # the caller's fresh TOTP code, on sensitive routes
 
-    def engine(self, method: str, params: dict[str, Any] | None = None,
-               within: float | None = None) -> Any:  # fmt: skip
-        assert self.user is not None
-        return self.engine_link.call(method, params or {}, self.user.username, self.user.role,
-                                     within)  # fmt: skip
+    def engine(
+        self, method: str, params: dict[str, Any] | None = None, within: float | None = None
+    ) -> Any:
+        actor, role = (
+            ("anonymous", "none") if self.user is None else (self.user.username, self.user.role)
+        )
+        return self.engine_link.call(method, params or {}, actor, role, within, self.proof)
 
 
 Handler = Callable[[Call], Any]
@@ -89,9 +94,18 @@ def health(call: Call) -> Any:
 
 
 def login(call: Call) -> Any:
-    session = call.accounts.login(
-        call.body["username"], call.body["password"], call.body["code"]
-    )  # fmt: skip
+    def check_code(username: str, code: str, password_ok: bool) -> bool:
+        answer = call.engine_link.call(
+            "login-code",
+            {"username": username, "code": code, "password_ok": password_ok},
+            username,
+            "login",
+            30.0,
+        )
+        return answer["accepted"] is True
+
+    body = call.body
+    session = call.accounts.login(body["username"], body["password"], body["code"], check_code)
     return {"token": session.token, "expires_at": session.expires_at,
             "username": session.user.username, "role": session.user.role}  # fmt: skip
 
@@ -101,8 +115,18 @@ def logout(call: Call) -> Any:
 
 
 def create_user(call: Call) -> Any:
+    def enrol() -> str:
+        params = {"username": call.body["username"], "role": call.body["role"]}
+        if "second_admin" in call.body:  # a new admin, once two are enabled: four eyes
+            params["second_proof"] = call.body["second_admin"]
+        return str(call.engine("operator-enrol", params)["otpauth_uri"])
+
     enrollment = call.accounts.create_user(
-        call.body["username"], call.body["role"], call.body["password"], created_by=call.user
+        call.body["username"],
+        call.body["role"],
+        call.body["password"],
+        created_by=call.user,
+        enrol=enrol,
     )
     return {
         "username": enrollment.user.username,
@@ -113,20 +137,14 @@ def create_user(call: Call) -> Any:
 
 
 def list_users(call: Call) -> Any:
-    users = call.accounts.list_users()
-    return {
-        "users": [
-            {"username": u.username, "role": u.role, "disabled": u.disabled,
-             "created_at": u.created_at}
-            for u in users
-        ]
-    }  # fmt: skip
+    """The engine's registry: who holds which role is what the engine believes."""
+    return {"users": call.engine("operators")["operators"]}
 
 
 def disable_user(call: Call) -> Any:
-    assert call.user is not None
-    user = call.accounts.disable_user(call.params["username"], by=call.user)
-    return {"username": user.username, "disabled": user.disabled}
+    operator = call.engine("operator-disable", {"username": call.params["username"]})
+    call.accounts.disable_user(operator["username"])
+    return {"username": operator["username"], "disabled": operator["disabled"]}
 
 
 def engine_method(method: str, timeout: float | None = None) -> Handler:
@@ -190,7 +208,7 @@ def report(call: Call) -> Any:
         "until": until,
         "status": call.engine("status"),
         "keys": call.engine("key-info")["keys"],
-        "audit": journal.summarise(since, until),
+        "audit": journal.summarise(call.settings.audit_writers, since, until),
     }
 
 
@@ -201,7 +219,10 @@ def audit_records(call: Call) -> Any:
     limit = int(call.query.get("limit", 100))
     if not 1 <= limit <= journal.MAX_RECORDS:
         raise Invalid(f"query.limit: must be between 1 and {journal.MAX_RECORDS}")
-    records = journal.query(since, until, call.query.get("actor"), call.query.get("event"), limit)
+    writers = call.settings.audit_writers
+    records = journal.query(
+        writers, since, until, call.query.get("actor"), call.query.get("event"), limit
+    )
     return {"records": records}
 
 
@@ -216,6 +237,10 @@ def document(call: Call) -> Any:
 
 def approve_burn(call: Call) -> Any:
     return call.engine("approve-burn", {"burn_id": call.params["burn_id"]}, 60.0)
+
+
+def approve_backup(call: Call) -> Any:
+    return call.engine("approve-backup", {"export_id": call.params["export_id"]})
 
 
 def set_policy(call: Call) -> Any:
@@ -236,14 +261,17 @@ ROUTES: tuple[Route, ...] = (
                        password=_string(1024), code=TOTP_CODE)),
     Route("DELETE", "/v1/session", "logout", "End this session", logout),
     Route("POST", "/v1/users", "user create",
-          "Create a user (the first admin only while no user exists)", create_user,
-          roles=ADMIN, changes=True, status=201,
+          "Create a user (the first admin without a session, only while no user exists)",
+          create_user, roles=ADMIN, changes=True, sensitive=True, status=201,
           body=_object(["username", "role", "password"], username=_string(64),
                        role={"type": "string", "enum": list(ALL_ROLES)},
-                       password=_string(1024))),
+                       password=_string(1024),
+                       second_admin=_object(["username", "code"], username=_string(64),
+                                            code=TOTP_CODE))),
     Route("GET", "/v1/users", "user list", "List users", list_users, roles=ADMIN),
     Route("POST", "/v1/users/{username}/disable", "user disable",
-          "Disable a user and end its sessions", disable_user, roles=ADMIN, changes=True),
+          "Disable a user and end its sessions", disable_user, roles=ADMIN, changes=True,
+          sensitive=True),
     Route("POST", "/v1/init", "init",
           "This node's identity for the cluster configuration (idempotent)",
           engine_method("init"), roles=ADMIN, changes=True),
@@ -256,7 +284,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/service", "service-status", "Whether this node signs",
           engine_method("service-status")),
     Route("POST", "/v1/service/enable", "enable-service", "Let this node sign again",
-          enable_service, roles=ADMIN, changes=True,
+          enable_service, roles=ADMIN, changes=True, sensitive=True,
           body=_object([], reason=_string(512))),
     Route("POST", "/v1/service/disable", "disable-service",
           "Stop every signature on this node", disable_service, roles=ADMIN, changes=True,
@@ -302,6 +330,7 @@ ROUTES: tuple[Route, ...] = (
           "Approve a consolidation address on this node, and sweep the fee reservoir to it "
           "now if asked to coordinate (below the threshold too)",
           engine_method("test-consolidate-fees", 300.0), roles=OPERATOR, changes=True,
+          sensitive=True,
           body=_object([], address=_string(128), coordinate={"type": "boolean"})),
     Route("GET", "/v1/payouts", "payouts",
           "Burns this node verified, withdrawals and consolidations, and the policy",
@@ -328,13 +357,20 @@ ROUTES: tuple[Route, ...] = (
           body=_object(["recipient"], recipient=_string(128),
                        since_height={"type": "integer", "minimum": 0, "maximum": 10**7})),
     Route("POST", "/v1/backup/key-share", "backup key-share",
-          "An encrypted backup of this node's share (passphrase or recovery key)",
-          engine_method("backup-key-share"), roles=OPERATOR, changes=True, sensitive=True,
+          "Ask for an encrypted backup of this node's share (passphrase or recovery key); "
+          "another admin approves it", engine_method("backup-key-share"), roles=ADMIN,
+          changes=True, sensitive=True, status=202,
           body=_object(["key"], key=KEY_NAME, passphrase=_string(1024),
                        recipient=_string(64, pattern="^[0-9a-f]{64}$"))),
+    Route("GET", "/v1/backup/requests", "backup list",
+          "Backups asked for that wait for a second admin's approval",
+          engine_method("key-exports"), roles=ADMIN),
+    Route("POST", "/v1/backup/requests/{export_id}/approve", "backup approve",
+          "Approve another admin's backup request: the encrypted backup comes back to you",
+          approve_backup, roles=ADMIN, changes=True, sensitive=True),
     Route("POST", "/v1/restore/key-share", "restore key-share",
           "Restore this node's share from a backup", engine_method("restore-key-share"),
-          roles=OPERATOR, changes=True, sensitive=True,
+          roles=ADMIN, changes=True, sensitive=True,
           body=_object(["backup"], backup=_string(1 << 20), passphrase=_string(1024),
                        recovery_key=_string(4096))),
     Route("GET", "/v1/reports", "generate-report",

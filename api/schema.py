@@ -119,7 +119,8 @@ def openapi(routes: Any, version: str) -> dict[str, Any]:
         if route.sensitive:
             parameters.append({
                 "name": "X-Wire-TOTP", "in": "header", "required": True,
-                "description": "a fresh TOTP code: this call needs one even with a session",
+                "description": "a fresh TOTP code: this call needs one even with a session "
+                               "(the engine checks it)",
                 "schema": {"type": "string", "minLength": 1, "maxLength": 32},
             })  # fmt: skip
         responses: dict[str, Any] = {
@@ -139,8 +140,9 @@ def openapi(routes: Any, version: str) -> dict[str, Any]:
             "415": _error("the request body is not JSON"),
             "422": _error("the engine refused the command; the title says why"),
             "429": _error(
-                "the account is locked for a while after repeated failures, or a journal "
-                "verification is running already"
+                "after wrong TOTP codes, the account's next code is taken only after a delay "
+                "(at most the engine's code_delay_max_seconds), or a journal verification is "
+                "running already"
             ),
             "500": _error("a failure inside the node; the title gives an incident id for its log"),
             "501": _error("the engine side of this command is not built yet"),

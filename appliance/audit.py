@@ -145,12 +145,37 @@ EVENTS: Final[dict[str, AuditEvent]] = {
     "key.backup": AuditEvent(
         "7e2186a9fce94012aae73474cd4f3170",
         journal.LOG_NOTICE,
-        "an encrypted backup of a key share was made",
+        "an encrypted backup of a key share was released to the admin who approved it",
     ),
     "key.restore": AuditEvent(
         "44a6be64122f4aac830f6c742662fac2",
         journal.LOG_WARNING,
         "a key share was restored from a backup (or the restore was refused)",
+    ),
+    "key.backup-requested": AuditEvent(
+        "43a8c6212a1d4028a7e4275358a0c301",
+        journal.LOG_WARNING,
+        "an admin asked for a backup of a key share; it waits for a second admin's approval",
+    ),
+    "operator.enrolled": AuditEvent(
+        "0fb503e7baeb4658805905f2cf18bc5d",
+        journal.LOG_NOTICE,
+        "an operator was enrolled in the engine's registry (role and sealed TOTP seed)",
+    ),
+    "operator.disabled": AuditEvent(
+        "4d070682db0e4c8fb52387baa57f5e19",
+        journal.LOG_NOTICE,
+        "an operator was disabled in the engine's registry",
+    ),
+    "operator.proof-refused": AuditEvent(
+        "5d69427333794234af8e3f254b8efc58",
+        journal.LOG_WARNING,
+        "a command that needs an operator's fresh TOTP code came without a valid one",
+    ),
+    "operator.code-refused": AuditEvent(
+        "3765f87720334c8d99d179c9868d52e1",
+        journal.LOG_WARNING,
+        "a login's TOTP code was wrong or used before, after a right password",
     ),
     "api.request": AuditEvent(
         "dbdf7f8a518a45e693bbab5702dd7bd7",

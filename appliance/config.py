@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,12 @@ from hsm.config import HsmConfig, SecretSource, read_secret
 from .strictjson import StrictObject, as_bool, as_hex, as_integer, as_list, as_string
 
 __all__ = [
+    "ApiConfig",
+    "AuditWriter",
     "ConfigError",
     "FeeReservoirConfig",
     "NodeConfig",
+    "OperatorsConfig",
     "PartyConfig",
     "Policy",
     "StaticAddress",
@@ -128,15 +132,46 @@ class FeeReservoirConfig:
 
 
 @dataclass(frozen=True)
+class AuditWriter:
+    """A process whose audit records are the node's: journald's trusted `_UID` (of `user`)
+    and, when `units` is given, `_SYSTEMD_UNIT` must match; what other processes write with
+    the audit identifier is not shown by audit queries."""
+
+    user: str
+    units: tuple[str, ...] | None = None
+
+
+# The image's writers: the engine and its provisioning (the engine's user: whoever has it
+# holds the HSM's credentials anyway), the API in its own unit, and root, which can forge
+# anything on the node and whose boot steps (journal sealing, break-glass) exit at once,
+# sometimes before journald has read their unit.
+IMAGE_AUDIT_WRITERS = (
+    AuditWriter("wire-mpc"),
+    AuditWriter("wire-api", ("wire-api.service",)),
+    AuditWriter("root"),
+)
+
+
+@dataclass(frozen=True)
 class ApiConfig:
     """The operators' control API (`wire-api`): where it listens and how sessions last."""
 
     socket: Path
     socket_group: str | None  # the group allowed to connect (mode 0660); None: owner only
-    database: Path  # operator accounts and sessions (hashes and TOTP seeds, no key material)
+    database: Path  # operator passwords, backup codes and sessions (hashes, no key material)
     session_seconds: float
     workers: int
     metrics_dir: Path  # the API workers' Prometheus files, collected by the engine's exporter
+    audit_writers: tuple[AuditWriter, ...] = IMAGE_AUDIT_WRITERS
+
+
+@dataclass(frozen=True)
+class OperatorsConfig:
+    """The engine's operator registry: how far wrong TOTP codes slow the next one down, and
+    how long a key-share export waits for a second admin."""
+
+    code_delay_max_seconds: float = 300.0
+    export_approval_seconds: float = 900.0
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -176,6 +211,7 @@ class NodeConfig:
     wire: WireConfig = WireConfig(None, True, 5.0)
     policy: Policy = Policy()
     fee_reservoir: FeeReservoirConfig = FeeReservoirConfig()
+    operators: OperatorsConfig = OperatorsConfig()
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9101)
     network: tuple[StaticAddress, ...] = ()
     curve_secret: SecretSource = field(
@@ -329,6 +365,7 @@ def parse_config(document: Any) -> NodeConfig:
     wire = _wire(top.section("wire", {}))
     policy = parse_policy(top.section("policy", {}), Policy())
     reservoir = _fee_reservoir(top.section("fee_reservoir", {}))
+    operators = _operators(top.section("operators", {}))
     metrics = top.section("metrics", {})
     metrics_listen = metrics.take("listen", _metrics_address, ("127.0.0.1", 9101))
     metrics.done()
@@ -370,6 +407,7 @@ def parse_config(document: Any) -> NodeConfig:
         wire=wire,
         policy=policy,
         fee_reservoir=reservoir,
+        operators=operators,
         metrics_listen=metrics_listen,
         network=static,
     )
@@ -386,9 +424,57 @@ def _api(fields: StrictObject, engine_socket: Path) -> ApiConfig:
         session_seconds=fields.take("session_seconds", _number, 900.0),
         workers=fields.take("workers", lambda v, p: as_integer(v, p, 1, 64), 2),
         metrics_dir=fields.take("metrics_dir", _path, runtime / "api-metrics"),
+        audit_writers=fields.take("audit_writers", _audit_writers, IMAGE_AUDIT_WRITERS),
     )
     fields.done()
     return config
+
+
+def _audit_writer(value: Any, path: str) -> AuditWriter:
+    fields = StrictObject(value, path, ConfigError)
+    user = fields.take("user", _name)
+    units = fields.take("units", _units, None)
+    fields.done()
+    if units is not None and not units:
+        raise ConfigError(f"{path}.units: give at least one unit, or null for any")
+    return AuditWriter(user, None if units is None else tuple(units))
+
+
+def _units(value: Any, path: str) -> list[str] | None:
+    return None if value is None else as_list(_unit, 16)(value, path)
+
+
+def _audit_writers(value: Any, path: str) -> tuple[AuditWriter, ...]:
+    writers = tuple(as_list(_audit_writer, 16)(value, path))
+    if not writers:
+        raise ValueError("must name at least one writer (else no audit record would show)")
+    return writers
+
+
+def _unit(value: Any, path: str) -> str:
+    text = as_string(value, path, 255)
+    if not re.fullmatch(r"[A-Za-z0-9:_.@-]+\.service", text):
+        raise ValueError(f"{text!r} must be a systemd service name (name.service)")
+    return text
+
+
+def _operators(fields: StrictObject) -> OperatorsConfig:
+    config = OperatorsConfig(
+        code_delay_max_seconds=fields.take("code_delay_max_seconds", _seconds(1, 3600), 300.0),
+        export_approval_seconds=fields.take("export_approval_seconds", _seconds(1, 86400), 900.0),
+    )
+    fields.done()
+    return config
+
+
+def _seconds(low: float, high: float) -> Callable[[Any, str], float]:
+    def reader(value: Any, path: str) -> float:
+        seconds = _number(value, path)
+        if not low <= seconds <= high:
+            raise ValueError(f"must be between {low:g} and {high:g} seconds")
+        return seconds
+
+    return reader
 
 
 def _wire(fields: StrictObject) -> WireConfig:

@@ -7,6 +7,12 @@ the engine's own user and the configured API user may use (checked with SO_PEERC
 `actor` and `role` name the authenticated operator on whose behalf the API calls; every
 state-changing request is audited with them (and refused if its audit record cannot be
 written); reads are audited by the API, which is the operators' only way in.
+
+The commands of `appliance.operators.AUTHORITY` (backups, restores, policy, the service
+switch, the journal's key, operators, rotation, approvals) also carry a proof,
+`"proof": {"username": ..., "code": ...}`, that the engine checks against its own registry
+of operators, whoever the caller is: without a valid one they are refused and audited, and
+with one they are audited under the proven operator, not the `actor` the caller claims.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance.audit import AuditUnavailableError, audit
+from appliance.exports import KeyExports
+from appliance.operators import AUTHORITY, OperatorRegistry
 from appliance.sealing import ROTATE_REQUEST, take_verification_key, verify_journal
 from appliance.strictjson import loads
 
@@ -49,6 +57,19 @@ STATE_CHANGING = {
     "approve-burn",
     "set-policy",
     "audit-key",
+    "operator-enrol",
+    "operator-disable",
+    "approve-backup",
+}
+
+
+# Why a new admin's second proof was refused (appliance.operators.OperatorRegistry.enrol).
+SECOND_PROOF_REFUSALS = {
+    "second-admin-required",
+    "same-admin",
+    "step-up-required",
+    "forbidden",
+    "throttled",
 }
 
 
@@ -68,8 +89,17 @@ def _peer_uid(writer: asyncio.StreamWriter) -> int:
 
 
 class ControlServer:
-    def __init__(self, engine: Engine, path: Path, allowed_users: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        path: Path,
+        allowed_users: tuple[str, ...],
+        operators: OperatorRegistry,
+        exports: KeyExports,
+    ) -> None:
         self.engine = engine
+        self.operators = operators
+        self.exports = exports
         self.path = path
         self.allowed_uids = {os.getuid()} | {pwd.getpwnam(user).pw_uid for user in allowed_users}
         self._server: asyncio.AbstractServer | None = None
@@ -98,6 +128,12 @@ class ControlServer:
             "set-policy": self._set_policy,
             "audit-key": self._audit_key,
             "audit-verify": self._audit_verify,
+            "operators": self._operators,
+            "operator-enrol": self._operator_enrol,
+            "operator-disable": self._operator_disable,
+            "login-code": self._login_code,
+            "key-exports": self._key_exports,
+            "approve-backup": self._approve_backup,
         }
 
     async def start(self) -> None:
@@ -160,6 +196,15 @@ class ControlServer:
                 writer, request_id, error=("unknown-method", f"no method {method!r}")
             )
             return
+        if method in AUTHORITY:
+            try:
+                proven = self.operators.authorize(method, request.get("proof"))
+            except CommandError as exc:
+                self._refuse_proof(method, actor, role, request.get("proof"), exc)
+                await self._answer(writer, request_id, error=(exc.code, str(exc)))
+                return
+            if proven is not None:  # None: the first admin's enrolment, on an empty registry
+                actor, role = proven.username, proven.role
         # Commands that change state are audited here, and refused if they cannot be; reads
         # are audited by the API that forwards them (one record per operator request).
         if method in STATE_CHANGING:
@@ -185,6 +230,26 @@ class ControlServer:
             await self._answer(writer, request_id, error=("internal-error", failed))
             return
         await self._answer(writer, request_id, result=result)
+
+    def _refuse_proof(
+        self, method: str, actor: str, role: str, proof: Any, refusal: CommandError
+    ) -> None:
+        """Audit a command refused for want of a valid proof (best effort: it is refused
+        either way)."""
+        named = proof.get("username") if isinstance(proof, dict) else None
+        try:
+            self.engine.audit(
+                "operator.proof-refused",
+                "refused",
+                f"{method} asked for by {actor} (as {role}) refused: {refusal}",
+                actor=actor,
+                role=role,
+                method=method,
+                reason=refusal.code,
+                proof_user=str(named) if isinstance(named, str) else "-",
+            )
+        except AuditUnavailableError:
+            log.error("audit unavailable while refusing %s without a valid proof", method)
 
     @staticmethod
     async def _answer(
@@ -255,12 +320,76 @@ class ControlServer:
         return self.engine.set_service(enabled, str(params.get("reason") or ""), actor)
 
     async def _backup_key_share(self, params: dict[str, Any], actor: str) -> Any:
-        return self.engine.backup_key_share(
+        return self.exports.request(
             str(params["key"]),
             _optional(params, "passphrase"),
             _optional(params, "recipient"),
             actor,
         )
+
+    async def _approve_backup(self, params: dict[str, Any], actor: str) -> Any:
+        return self.exports.approve(str(params["export_id"]), actor)
+
+    async def _key_exports(self, params: dict[str, Any], actor: str) -> Any:
+        return {"exports": self.exports.pending()}
+
+    async def _operators(self, params: dict[str, Any], actor: str) -> Any:
+        return {"operators": [o.to_json() for o in self.operators.operators()]}
+
+    async def _operator_enrol(self, params: dict[str, Any], actor: str) -> Any:
+        # The proof was checked unless the registry is empty: then this is the first admin.
+        by = None if self.operators.empty() else actor
+        second = params.get("second_proof")
+        try:
+            enrolment = self.operators.enrol(params["username"], params["role"], by, second)
+        except CommandError as exc:
+            if exc.code in SECOND_PROOF_REFUSALS:
+                self._refuse_proof("operator-enrol", actor, "admin", second, exc)
+            raise
+        operator = enrolment.operator
+        self.engine.audit(
+            "operator.enrolled",
+            "success",
+            f"{operator.username} enrolled as {operator.role} by {by or 'nobody (first admin)'}",
+            actor=by or operator.username,
+            username=operator.username,
+            operator_role=operator.role,
+        )
+        return {**operator.to_json(), "otpauth_uri": enrolment.otpauth_uri}
+
+    async def _operator_disable(self, params: dict[str, Any], actor: str) -> Any:
+        operator = self.operators.disable(params["username"])
+        self.engine.audit(
+            "operator.disabled",
+            "success",
+            f"{operator.username} disabled by {actor}",
+            actor=actor,
+            username=operator.username,
+            operator_role=operator.role,
+        )
+        return operator.to_json()
+
+    async def _login_code(self, params: dict[str, Any], actor: str) -> Any:
+        password_ok = params["password_ok"]
+        if not isinstance(password_ok, bool):
+            raise ValueError("password_ok must be true or false")
+        username = params["username"]
+        check = self.operators.check_login(username, params["code"], password_ok)
+        if check.reason == "code":
+            # Written after the answer has left, so that its time tells the caller nothing.
+            asyncio.get_running_loop().call_soon(self._audit_code_refused, str(username))
+        return {"accepted": check.accepted, "reason": check.reason}
+
+    def _audit_code_refused(self, username: str) -> None:
+        try:
+            self.engine.audit(
+                "operator.code-refused",
+                "refused",
+                f"a login of {username} gave the right password and a wrong or used TOTP code",
+                actor=username,
+            )
+        except AuditUnavailableError:
+            log.error("audit unavailable while refusing a login code of %s", username)
 
     async def _restore_key_share(self, params: dict[str, Any], actor: str) -> Any:
         return self.engine.restore_key_share(
@@ -369,9 +498,14 @@ class EngineClient:
         self._counter = 0
 
     async def call(
-        self, method: str, params: dict[str, Any] | None = None, within: float | None = None
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        within: float | None = None,
+        proof: dict[str, str] | None = None,
     ) -> Any:
-        """Send one request and return its result; `within` bounds the wait (seconds)."""
+        """Send one request and return its result; `within` bounds the wait (seconds);
+        `proof` is an operator's `{"username", "code"}` for the commands that need one."""
         reader, writer = await asyncio.open_unix_connection(str(self.path), limit=16 << 20)
         try:
             self._counter += 1
@@ -382,6 +516,8 @@ class EngineClient:
                 "actor": self.actor,
                 "role": self.role,
             }
+            if proof is not None:
+                request["proof"] = proof
             writer.write(json.dumps(request).encode() + b"\n")
             await writer.drain()
             line = await asyncio.wait_for(reader.readline(), within)
@@ -395,6 +531,10 @@ class EngineClient:
         return answer["result"]
 
     def call_sync(
-        self, method: str, params: dict[str, Any] | None = None, within: float | None = None
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        within: float | None = None,
+        proof: dict[str, str] | None = None,
     ) -> Any:
-        return asyncio.run(self.call(method, params, within))
+        return asyncio.run(self.call(method, params, within, proof))

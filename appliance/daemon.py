@@ -16,7 +16,9 @@ from pathlib import Path
 from appliance.config import ConfigError, NodeConfig, load_config
 from appliance.control import ControlServer
 from appliance.engine import Engine
-from appliance.store import Store
+from appliance.exports import KeyExports
+from appliance.operators import OperatorRegistry
+from appliance.store import OperatorRecords, Store
 from hsm.errors import HsmError
 from hsm.keystore import Keystore
 from hsm.vault import ShareVault
@@ -30,7 +32,20 @@ async def serve(config: NodeConfig, keystore: Keystore) -> None:
     engine = Engine(
         config, keystore, store, ShareVault(config.vault_dir), config.curve_secret_key()
     )
-    control = ControlServer(engine, config.engine_socket, config.engine_clients)
+    operators = OperatorRegistry(
+        OperatorRecords(store),
+        keystore,
+        config.node_id,
+        f"wire-mpc {config.cluster_id}/{config.node_id}",
+        delay_max=config.operators.code_delay_max_seconds,
+    )
+    exports = KeyExports(
+        engine.backup_key_share,
+        lambda key: None if (row := store.active_key(key)) is None else row.epoch,
+        engine.audit,
+        config.operators.export_approval_seconds,
+    )
+    control = ControlServer(engine, config.engine_socket, config.engine_clients, operators, exports)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

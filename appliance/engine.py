@@ -889,10 +889,12 @@ class Engine:
             raise CommandError("service-disabled", f"the service is disabled: {disabled}")
 
     def backup_key_share(
-        self, key_name: str, passphrase: str | None, recipient: str | None, actor: str
+        self, key_name: str, passphrase: str | None, recipient: str | None
     ) -> dict[str, Any]:
         """An encrypted backup of this node's share of an active key, protected by an
-        operator passphrase or a recovery public key; the share never leaves unencrypted."""
+        operator passphrase or a recovery public key; the share never leaves unencrypted.
+        Only `appliance.exports` calls it: it holds the backup for a second admin's
+        approval, and audits."""
         if key_name not in BRIDGE_KEYS:
             raise CommandError("bad-request", f"key must be one of {sorted(BRIDGE_KEYS)}")
         protect: Passphrase | RecoveryKey
@@ -923,11 +925,6 @@ class Engine:
             data = create_backup(record, share, protect, created)
         finally:
             share.wipe()
-        self.audit(
-            "key.backup", "success",
-            f"backup of {record_name} ({key.fingerprint}) made by {actor}",
-            actor=actor, key=key_name, fingerprint=key.fingerprint,
-        )  # fmt: skip
         return {
             "key": key_name,
             "epoch": key.epoch,

@@ -98,8 +98,12 @@ class Console:
         return str(path)
 
     def enrol(self, user: str, role: str, by: str | None) -> None:
+        """The first admin (`by` None) needs no session; every later user is enrolled by
+        `by`, with a fresh code of theirs."""
         args = ["user", "create", "--username", user, "--role", role,
                 "--password-file", self.password_file(user)]  # fmt: skip
+        if by is not None:
+            args = ["--totp", self.code(by), *args]
         answer = self.run(*args, user=by or user)
         self.secrets[user] = parse_qs(urlsplit(answer["otpauth_uri"]).query)["secret"][0]
 
@@ -314,8 +318,17 @@ def main() -> int:
         tip = mine(bitcoind, 6)
         wait_for_view(consoles, tip)
         sweep_to = bitcoind.call("getnewaddress")
-        consoles[1].run("test-consolidate-fees", "--address", sweep_to, "--approve-only")
-        swept = consoles[0].run("test-consolidate-fees", "--address", sweep_to)
+        consoles[1].run(
+            "--totp",
+            consoles[1].code("operator"),
+            "test-consolidate-fees",
+            "--address",
+            sweep_to,
+            "--approve-only",
+        )
+        swept = consoles[0].run(
+            "--totp", consoles[0].code("operator"), "test-consolidate-fees", "--address", sweep_to
+        )
         print(f"   reservoir {reservoir}: 60000 sat in 3 outputs -> {sweep_to} in "
               f"{swept['txid']} (fee {swept['fee']} sat), {swept['state']}; node 2's operator "
               "approved the address")  # fmt: skip

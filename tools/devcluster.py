@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -29,7 +30,9 @@ from typing import Any
 import zmq
 
 from appliance.control import EngineClient, EngineError
+from appliance.operators import AUTHORITY
 from hsm.config import SOFTHSM_MODULE
+from tools.authenticator import Authenticator
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,6 +76,8 @@ class DevNode:
         self.api_process: subprocess.Popen[bytes] | None = None
         self.curve_public = ""
         self.identity_public = ""
+        # The node's own operators (`dev-admin`, `dev-operator`), enrolled on first need.
+        self.authenticator = Authenticator()
 
     @property
     def config_path(self) -> Path:
@@ -170,7 +175,11 @@ class DevNode:
             "database": str(self.root / "api" / "accounts.db"),
             "metrics_dir": str(self.root / "api-metrics"),
             "session_seconds": self.cluster.session_seconds,
+            # The engine and the API run as this user here, outside any systemd unit.
+            "audit_writers": [{"user": pwd.getpwuid(os.getuid()).pw_name, "units": None}],
         }
+        if self.cluster.operators:
+            config["operators"] = self.cluster.operators
         config["metrics"] = {"listen": f"127.0.0.1:{self.metrics_port}"}
         config["wire"] = {
             "auto_attest": self.cluster.auto_attest,
@@ -238,8 +247,25 @@ class DevNode:
         return EngineClient(self.socket, actor=actor, role="operator")
 
     def call(self, method: str, within: float | None = 120.0, **params: Any) -> Any:
-        """Call a control method; `within` bounds the wait for its answer."""
-        return self.client().call_sync(method, params, within)
+        """Call a control method; `within` bounds the wait for its answer. A command the
+        engine authorizes itself carries the proof of this node's own operator of the role
+        it needs (`dev-admin` or `dev-operator`)."""
+        proof = None
+        if method in AUTHORITY:
+            proof = self.authenticator.proof(self.operator(AUTHORITY[method]))
+        return self.client().call_sync(method, params, within, proof)
+
+    def operator(self, role: str) -> str:
+        """This node's own operator of `role`, enrolled in its engine on first need (the
+        admin first, while the registry is empty)."""
+        username = f"dev-{role}"
+        if username not in self.authenticator:
+            proof = None if role == "admin" else self.authenticator.proof(self.operator("admin"))
+            answer = self.client().call_sync(
+                "operator-enrol", {"username": username, "role": role}, 30.0, proof
+            )
+            self.authenticator.add(username, answer["otpauth_uri"])
+        return username
 
     def wait_ready(self, deadline: float) -> None:
         while time.monotonic() < deadline:
@@ -274,7 +300,9 @@ class DevCluster:
         wire: dict[str, Any] | None = None,
         policy: dict[str, Any] | None = None,
         fee_reservoir: dict[str, Any] | None = None,
+        operators: dict[str, Any] | None = None,
     ) -> None:
+        self.operators = operators or {}  # the `operators` section (code delays, export window)
         self.auto_attest = auto_attest  # tests drive attestations themselves unless asked
         self.wire = wire or {}  # more of the `wire` section (burn feed, paid reports, auto_pay)
         self.policy = policy or {}

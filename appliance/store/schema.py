@@ -235,4 +235,18 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX spends_by_output ON spends (txid, vout);
         """,
     ),
+    (
+        8,
+        """
+        CREATE TABLE operators (
+            username    TEXT PRIMARY KEY,
+            role        TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'auditor')),
+            totp_sealed BLOB NOT NULL,
+            disabled    INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1)),
+            created_at  REAL NOT NULL,
+            created_by  TEXT,
+            last_step   INTEGER NOT NULL DEFAULT -1
+        );
+        """,
+    ),
 ]

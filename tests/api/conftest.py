@@ -1,5 +1,6 @@
 """A local cluster whose nodes each run the real `wire-api` under gunicorn on a Unix socket,
-and a small HTTP client for that socket. Users are created through the API itself."""
+and a small HTTP client for that socket. Users are created through the API itself (which
+has the engine enrol them: the engine keeps their TOTP seeds)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,15 @@ import os
 import secrets
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-import pyotp
 import pytest
 
 from api.mpc_operator import UnixConnection
+from tools.authenticator import Authenticator, seed_of
 from tools.devcluster import DevCluster
 
 
@@ -52,7 +51,7 @@ class Http:
 
 @dataclass
 class Operator:
-    """A user of one node, with its password and TOTP generator."""
+    """A user of one node, with its password and authenticator."""
 
     username: str
     role: str
@@ -60,31 +59,38 @@ class Operator:
     secret: str
     backup_codes: list[str]
     token: str = ""
-    used: set[int] = field(default_factory=set)
+    authenticator: Authenticator = field(default_factory=Authenticator)
+
+    def __post_init__(self) -> None:
+        self.authenticator.seeds[self.username] = self.secret
 
     def code(self) -> str:
-        """A TOTP code of a time step not used yet (the API refuses replays): the previous,
-        current and next steps are all accepted, so up to three fresh codes per 30 s."""
-        totp = pyotp.TOTP(self.secret)
-        now = time.time()
-        for offset in (-30, 0, 30):
-            step = int((now + offset) // 30)
-            if step > max(self.used, default=0):
-                self.used.add(step)
-                return totp.at(now + offset)
-        raise AssertionError(f"{self.username} has used every TOTP step of this minute")
+        """A TOTP code of a time step not used yet (the engine refuses replays): up to
+        three fresh codes per 30 s, then the next step is waited for."""
+        return self.authenticator.code(self.username)
+
+    @property
+    def last_step(self) -> int:
+        return self.authenticator.last_step[self.username]
 
 
-def enroll(http: Http, username: str, role: str, admin: Operator | None) -> Operator:
+def enroll(
+    http: Http, username: str, role: str, admin: Operator | None, second: Operator | None = None
+) -> Operator:
+    """A new user: the first admin without a session, every other one by `admin` with a
+    fresh code, and a new admin of a node with two admins with `second`'s code too."""
     password = secrets.token_urlsafe(16)
+    body: dict[str, Any] = {"username": username, "role": role, "password": password}
+    code = admin.code() if admin else None
+    if second is not None:
+        body["second_admin"] = {"username": second.username, "code": second.code()}
     status, answer = http.call(
-        "POST", "/v1/users", {"username": username, "role": role, "password": password},
-        token=admin.token if admin else None,
-    )  # fmt: skip
+        "POST", "/v1/users", body, token=admin.token if admin else None, totp=code
+    )
     assert status == 201, answer
-    uri = answer["otpauth_uri"]
-    secret = parse_qs(urlsplit(uri).query)["secret"][0]
-    return Operator(username, role, password, secret, answer["backup_codes"])
+    return Operator(
+        username, role, password, seed_of(answer["otpauth_uri"]), answer["backup_codes"]
+    )
 
 
 def log_in(http: Http, user: Operator) -> Operator:

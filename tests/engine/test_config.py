@@ -51,6 +51,30 @@ def test_a_good_configuration() -> None:
     assert config.metrics_listen == ("127.0.0.1", 9101)  # the default, parsed like a given one
 
 
+def test_operator_and_audit_settings() -> None:
+    config = parse_config(sample())
+    # The image's values, when the configuration says nothing.
+    assert (config.operators.code_delay_max_seconds, config.operators.export_approval_seconds) == (
+        300.0,
+        900.0,
+    )
+    assert config.api is not None
+    assert [(w.user, w.units) for w in config.api.audit_writers] == [
+        ("wire-mpc", None),
+        ("wire-api", ("wire-api.service",)),
+        ("root", None),
+    ]
+    document = sample()
+    document["operators"] = {"code_delay_max_seconds": 60, "export_approval_seconds": 120}
+    document["api"] = {"audit_writers": [{"user": "root", "units": ["wire-mpcd.service"]}]}
+    config = parse_config(document)
+    assert config.operators.code_delay_max_seconds == 60.0
+    assert config.api is not None
+    assert [(w.user, w.units) for w in config.api.audit_writers] == [
+        ("root", ("wire-mpcd.service",))
+    ]
+
+
 def test_payout_settings() -> None:
     document = sample()
     document["wire"] = {
@@ -111,6 +135,27 @@ def test_payout_settings() -> None:
         (
             lambda c: c.update(fee_reservoir={"consolidation_address": "bcrt1qnotanaddress"}),
             "fee_reservoir.consolidation_address",
+        ),
+        (lambda c: c.update(api={"audit_writers": []}), "api.audit_writers: must name"),
+        (
+            lambda c: c.update(api={"audit_writers": [{"user": "wire-api", "units": ["x"]}]}),
+            r"api.audit_writers\[0\].units: 'x' must be a systemd service",
+        ),
+        (
+            lambda c: c.update(api={"audit_writers": [{"user": "wire-api", "units": []}]}),
+            r"api.audit_writers\[0\].units: give at least one unit",
+        ),
+        (
+            lambda c: c.update(api={"audit_writers": [{"uid": 0}]}),
+            r"api.audit_writers\[0\].user: missing",
+        ),
+        (
+            lambda c: c.update(operators={"code_delay_max_seconds": 0.5}),
+            "operators.code_delay_max_seconds: must be between 1 and 3600",
+        ),
+        (
+            lambda c: c.update(operators={"lockout": 5}),
+            "operators.lockout: unknown field",
         ),
     ],
 )
