@@ -304,10 +304,7 @@ def run(args: argparse.Namespace) -> Any:
         try:
             with handle:
                 answer = client.request(
-                    "POST",
-                    f"/v1/backup/requests/{quote(args.export_id)}/approve",
-                    {},
-                    totp=_totp(args),
+                    "POST", f"/v1/backup/requests/{quote(args.export_id)}/approve", totp=_totp(args)
                 )
                 handle.write(base64.b64decode(answer.pop("backup")))
                 handle.flush()

@@ -31,6 +31,16 @@ class Authenticator:
     def __contains__(self, username: object) -> bool:
         return username in self.seeds
 
+    def fresh(self, username: str) -> bool:
+        """Whether `username` has a step it has not used that the engine accepts now."""
+        return self._fresh_step(username, time.time()) is not None
+
+    def _fresh_step(self, username: str, now: float) -> int | None:
+        current = int(now // STEP)
+        candidates = ([current - 1] if now % STEP < STEP - 5 else []) + [current, current + 1]
+        fresh = [s for s in candidates if s > self.last_step.get(username, -1)]
+        return fresh[0] if fresh else None
+
     def code(self, username: str, within: float = 2 * STEP) -> str:
         """A code of a step `username` has not used, accepted now (the engine takes the
         steps either side of its own). The step before is offered only early in the current
@@ -38,12 +48,10 @@ class Authenticator:
         deadline = time.monotonic() + within
         while True:
             now = time.time()
-            current = int(now // STEP)
-            candidates = ([current - 1] if now % STEP < STEP - 5 else []) + [current, current + 1]
-            fresh = [s for s in candidates if s > self.last_step.get(username, -1)]
-            if fresh:
-                self.last_step[username] = fresh[0]
-                return pyotp.TOTP(self.seeds[username]).at(fresh[0] * STEP)
+            step = self._fresh_step(username, now)
+            if step is not None:
+                self.last_step[username] = step
+                return pyotp.TOTP(self.seeds[username]).at(step * STEP)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no fresh TOTP step for {username} within {within} s")
             time.sleep(min(1.0, STEP - now % STEP + 0.05))

@@ -35,6 +35,7 @@ from hsm.config import SOFTHSM_MODULE
 from tools.authenticator import Authenticator
 
 REPO = Path(__file__).resolve().parent.parent
+OPERATORS_PER_ROLE = 4
 
 
 def wait_until(
@@ -76,8 +77,10 @@ class DevNode:
         self.api_process: subprocess.Popen[bytes] | None = None
         self.curve_public = ""
         self.identity_public = ""
-        # The node's own operators (`dev-admin`, `dev-operator`), enrolled on first need.
+        # The node's own operators (`dev-admin-N`, `dev-operator-N`), enrolled on first need,
+        # and the role of every operator whose seed the authenticator holds.
         self.authenticator = Authenticator()
+        self.roles: dict[str, str] = {}
 
     @property
     def config_path(self) -> Path:
@@ -248,24 +251,44 @@ class DevNode:
 
     def call(self, method: str, within: float | None = 120.0, **params: Any) -> Any:
         """Call a control method; `within` bounds the wait for its answer. A command the
-        engine authorizes itself carries the proof of this node's own operator of the role
-        it needs (`dev-admin` or `dev-operator`)."""
+        engine authorizes itself carries the proof of one of this node's own operators of
+        the role it needs (`dev-admin-N` or `dev-operator-N`)."""
         proof = None
         if method in AUTHORITY:
             proof = self.authenticator.proof(self.operator(AUTHORITY[method]))
         return self.client().call_sync(method, params, within, proof)
 
     def operator(self, role: str) -> str:
-        """This node's own operator of `role`, enrolled in its engine on first need (the
-        admin first, while the registry is empty)."""
-        username = f"dev-{role}"
-        if username not in self.authenticator:
-            proof = None if role == "admin" else self.authenticator.proof(self.operator("admin"))
-            answer = self.client().call_sync(
-                "operator-enrol", {"username": username, "role": role}, 30.0, proof
-            )
-            self.authenticator.add(username, answer["otpauth_uri"])
+        """One of this node's own operators of `role` with a TOTP step to spare now: each
+        person's codes are good once, three 30-second steps at a time, so a test that
+        proves many commands in a row gets up to `OPERATORS_PER_ROLE` people of a role,
+        enrolled on first need (the first admin while the registry is empty, a third admin
+        with two admins' codes)."""
+        pool = [u for u in self.roles if u.startswith(f"dev-{role}-")]
+        ready = [u for u in pool if self.authenticator.fresh(u)]
+        if ready or len(pool) >= OPERATORS_PER_ROLE:
+            return (ready or pool)[0]
+        username = f"dev-{role}-{len(pool) + 1}"
+        admins = [u for u, r in self.roles.items() if r == "admin"]
+        proof = second = None
+        if admins:
+            # An admin of the pool when it has a step to spare; enrolling another admin
+            # needs one of those there are (then the first step to come is waited for).
+            by = self.operator("admin") if role != "admin" else admins[0]
+            proof = self.authenticator.proof(by)
+        if role == "admin" and len(admins) >= 2:
+            second = self.authenticator.proof(next(u for u in admins if u != proof["username"]))
+        params: dict[str, Any] = {"username": username, "role": role}
+        if second is not None:
+            params["second_proof"] = second
+        answer = self.client().call_sync("operator-enrol", params, 30.0, proof)
+        self.know(username, role, answer["otpauth_uri"])
         return username
+
+    def know(self, username: str, role: str, otpauth_uri: str) -> None:
+        """An operator enrolled on this node, whose codes the tests may make."""
+        self.authenticator.add(username, otpauth_uri)
+        self.roles[username] = role
 
     def wait_ready(self, deadline: float) -> None:
         while time.monotonic() < deadline:

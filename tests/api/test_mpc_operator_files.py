@@ -85,6 +85,7 @@ def test_a_private_file_is_never_made_over_a_file_or_a_link(tmp_path: Path) -> N
 
 
 def backup_to(output: Path, socket: str = "/nonexistent.sock") -> subprocess.CompletedProcess[str]:
+    """The step that writes a backup: another admin's approval of a requested one."""
     return mpc_operator(
         "--socket",
         socket,
@@ -93,11 +94,8 @@ def backup_to(output: Path, socket: str = "/nonexistent.sock") -> subprocess.Com
         "--totp",
         "123456",
         "backup",
-        "key-share",
-        "--key",
-        "custody",
-        "--recipient",
-        "ab" * 32,
+        "approve",
+        "export-1",
         "--output",
         str(output),
     )
@@ -149,39 +147,56 @@ def test_a_backup_through_the_api_is_written_0600_and_restores(
 ) -> None:
     node = keyed_cluster[1]
     http = Http(node.api_socket)
-    admin = log_in(http, enroll(http, "admin", "admin", None))
-    operator = enroll(http, "olga", "operator", admin)
+    alice = log_in(http, enroll(http, "alice", "admin", None))
+    bob = enroll(http, "bob", "admin", alice)
     secrets = tmp_path / "secrets"
     secrets.mkdir(mode=0o700)
-    (secrets / "password").write_text(operator.password + "\n")
     (secrets / "passphrase").write_text("a passphrase of some length\n")
-    session = tmp_path / "session.json"
-    common = ("--socket", str(node.api_socket), "--session-file", str(session))
+    sessions = {}
+    for admin in (alice, bob):
+        (secrets / admin.username).write_text(admin.password + "\n")
+        sessions[admin.username] = (
+            "--socket",
+            str(node.api_socket),
+            "--session-file",
+            str(tmp_path / admin.username),
+        )
+        run = mpc_operator(
+            *sessions[admin.username],
+            "login",
+            "--username",
+            admin.username,
+            "--password-file",
+            str(secrets / admin.username),
+            "--code",
+            admin.code(),
+            umask=0,
+        )
+        assert run.returncode == 0, run.stderr
+        assert mode(tmp_path / admin.username) == 0o600
     run = mpc_operator(
-        *common,
-        "login",
-        "--username",
-        "olga",
-        "--password-file",
-        str(secrets / "password"),
-        "--code",
-        operator.code(),
-        umask=0,
-    )
-    assert run.returncode == 0, run.stderr
-    assert mode(session) == 0o600
-    output = tmp_path / "custody.backup"
-    run = mpc_operator(
-        *common,
+        *sessions["alice"],
         "--json",
         "--totp",
-        operator.code(),
+        alice.code(),
         "backup",
         "key-share",
         "--key",
         "custody",
         "--passphrase-file",
         str(secrets / "passphrase"),
+    )
+    assert run.returncode == 0, run.stderr
+    export_id = json.loads(run.stdout)["export_id"]
+    output = tmp_path / "custody.backup"
+    run = mpc_operator(
+        *sessions["bob"],
+        "--json",
+        "--totp",
+        bob.code(),
+        "backup",
+        "approve",
+        export_id,
         "--output",
         str(output),
         umask=0,
@@ -191,10 +206,10 @@ def test_a_backup_through_the_api_is_written_0600_and_restores(
     assert mode(output) == 0o600
     assert output.stat().st_size > 0
     run = mpc_operator(
-        *common,
+        *sessions["alice"],
         "--json",
         "--totp",
-        operator.code(),
+        alice.code(),
         "restore",
         "key-share",
         "--input",

@@ -90,7 +90,6 @@ def approve(
     return http.call(
         "POST",
         f"/v1/backup/requests/{export_id}/approve",
-        {},
         token=admin.token,
         totp=code or admin.code(),
     )

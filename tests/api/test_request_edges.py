@@ -86,7 +86,9 @@ def test_a_chunked_body_is_read_whole(http: Http, team: dict[str, Operator]) -> 
     assert status == 200, answer
     assert answer["enabled"] is False
     assert answer["reason"].startswith("chunked maintenance")
-    enable = request("POST", "/v1/service/enable", user=admin, headers=JSON, chunks=[b"{", b"}"])
+    enable = request(
+        "POST", "/v1/service/enable", user=admin, totp=True, headers=JSON, chunks=[b"{", b"}"]
+    )
     status, answer = exchange(http.path, enable)
     assert (status, answer["enabled"]) == (200, True), answer
 

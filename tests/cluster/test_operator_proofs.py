@@ -27,7 +27,7 @@ FORGED: dict[str, dict[str, Any]] = {
     "set-service": {"enabled": False, "reason": "forged"},
     "audit-key": {},
     "operator-enrol": {"username": "mallory", "role": "admin"},
-    "operator-disable": {"username": "dev-admin"},
+    "operator-disable": {"username": "dev-admin-1"},
     "key-rotation": {"ceremony_id": "forged-rotation", "reason": "forged"},
     "approve-burn": {"burn_id": "forged-burn"},
     "test-consolidate-fees": {"address": "bcrt1qforged", "coordinate": False},
@@ -60,7 +60,7 @@ def node(cluster: DevCluster) -> DevNode:
 
 def forger(node: DevNode) -> EngineClient:
     """A process on the engine's socket claiming to act for the node's admin."""
-    return EngineClient(node.socket, actor="dev-admin", role="admin")
+    return EngineClient(node.socket, actor="dev-admin-1", role="admin")
 
 
 def mine(node: DevNode) -> dict[str, int]:
@@ -115,7 +115,7 @@ def test_forged_requests_without_a_proof_are_refused_audited_and_change_nothing(
             WIRE_EVENT="operator.proof-refused", WIRE_METHOD=method, **mine(node)
         )
         assert records, method
-        assert records[-1]["WIRE_ACTOR"] == "dev-admin"
+        assert records[-1]["WIRE_ACTOR"] == "dev-admin-1"
         assert records[-1]["WIRE_REASON"] == "step-up-required"
     assert state(node) == before
     assert not journal.records(WIRE_EVENT="key.restore", **mine(node))
@@ -124,11 +124,11 @@ def test_forged_requests_without_a_proof_are_refused_audited_and_change_nothing(
 
 def test_an_operators_valid_code_makes_no_admin_command(node: DevNode) -> None:
     before = state(node)
-    proof = node.authenticator.proof("dev-operator")
+    proof = node.authenticator.proof("dev-operator-1")
     for method in [m for m, role in AUTHORITY.items() if role == "admin"]:
         error = refused(lambda m=method: forger(node).call_sync(m, FORGED[m], 30, proof))
         assert error.code == "forbidden", (method, error)
-        assert "needs the admin role; dev-operator is operator" in str(error)
+        assert "needs the admin role; dev-operator-1 is operator" in str(error)
     assert state(node) == before
     # The role is refused before the code is looked at: the same code still proves an
     # operator command (which then fails on its own: there is no such burn).
@@ -137,7 +137,7 @@ def test_an_operators_valid_code_makes_no_admin_command(node: DevNode) -> None:
 
 
 def test_a_proven_command_runs_as_the_proven_operator_once(node: DevNode, journal: Journal) -> None:
-    proof = node.authenticator.proof("dev-admin")
+    proof = node.authenticator.proof("dev-admin-1")
     change = {"policy": {"max_batch": 7}}
     # The caller claims to be someone else: the engine records the operator it proved.
     claimant = EngineClient(node.socket, actor="somebody-else", role="auditor")
@@ -145,10 +145,10 @@ def test_a_proven_command_runs_as_the_proven_operator_once(node: DevNode, journa
     received = journal.wait_for(
         WIRE_EVENT="control.request", WIRE_METHOD="set-policy", **mine(node)
     )
-    assert received[-1]["WIRE_ACTOR"] == "dev-admin"
+    assert received[-1]["WIRE_ACTOR"] == "dev-admin-1"
     assert received[-1]["WIRE_ROLE"] == "admin"
     changed = journal.wait_for(WIRE_EVENT="policy.changed", **mine(node))
-    assert changed[-1]["WIRE_ACTOR"] == "dev-admin"
+    assert changed[-1]["WIRE_ACTOR"] == "dev-admin-1"
     # The same code again: a replay, refused and audited; the policy stays.
     replay = {"policy": {"max_batch": 9}}
     error = refused(lambda: claimant.call_sync("set-policy", replay, 30, proof))
@@ -157,7 +157,7 @@ def test_a_proven_command_runs_as_the_proven_operator_once(node: DevNode, journa
     assert node.call("payouts")["policy"]["max_batch"] == 7
     assert wait_until(
         lambda: any(
-            r.get("WIRE_REASON") == "step-up-required" and r.get("WIRE_PROOF_USER") == "dev-admin"
+            r.get("WIRE_REASON") == "step-up-required" and r.get("WIRE_PROOF_USER") == "dev-admin-1"
             for r in journal.records(
                 WIRE_EVENT="operator.proof-refused", WIRE_METHOD="set-policy", **mine(node)
             )
@@ -168,7 +168,7 @@ def test_a_proven_command_runs_as_the_proven_operator_once(node: DevNode, journa
 
 
 def test_the_first_admin_only_enrols_into_an_empty_registry(node: DevNode) -> None:
-    # The node's registry holds dev-admin: nobody can bootstrap another admin now.
+    # The node's registry holds dev-admin-1: nobody can bootstrap another admin now.
     error = refused(
         lambda: forger(node).call_sync("operator-enrol", {"username": "eve", "role": "admin"}, 30)
     )
@@ -179,14 +179,14 @@ def test_the_first_admin_only_enrols_into_an_empty_registry(node: DevNode) -> No
 def test_one_admins_code_makes_no_second_admin(node: DevNode, journal: Journal) -> None:
     """A compromised API holding one admin's valid code cannot enrol an admin of its own
     (who could then approve its backups) once the node has two admins."""
-    proof = node.authenticator.proof("dev-admin")
+    proof = node.authenticator.proof("dev-admin-1")
     second = taken(
         lambda: forger(node).call_sync(
-            "operator-enrol", {"username": "dev-admin-2", "role": "admin"}, 30, proof
+            "operator-enrol", {"username": "second-admin", "role": "admin"}, 30, proof
         )
     )
-    node.authenticator.add("dev-admin-2", second["otpauth_uri"])
-    proof = node.authenticator.proof("dev-admin")
+    node.know("second-admin", "admin", second["otpauth_uri"])
+    proof = node.authenticator.proof("dev-admin-1")
     error = refused(
         lambda: forger(node).call_sync(
             "operator-enrol", {"username": "mallory", "role": "admin"}, 30, proof
@@ -197,17 +197,17 @@ def test_one_admins_code_makes_no_second_admin(node: DevNode, journal: Journal) 
     records = journal.wait_for(
         WIRE_EVENT="operator.proof-refused", WIRE_REASON="second-admin-required", **mine(node)
     )
-    assert records[-1]["WIRE_ACTOR"] == "dev-admin"
+    assert records[-1]["WIRE_ACTOR"] == "dev-admin-1"
     # With the other admin's fresh code too, the new admin is enrolled, by both. (The first
     # code may wait for a fresh step: the second is taken after it, so it is still fresh.)
-    first = node.authenticator.proof("dev-admin")
+    first = node.authenticator.proof("dev-admin-1")
     params = {
         "username": "carol",
         "role": "admin",
-        "second_proof": node.authenticator.proof("dev-admin-2"),
+        "second_proof": node.authenticator.proof("second-admin"),
     }
     both = forger(node).call_sync("operator-enrol", params, 30, first)
-    assert both["created_by"] == "dev-admin, dev-admin-2"
+    assert both["created_by"] == "dev-admin-1, second-admin"
 
 
 def test_seeds_never_reach_the_engines_database_or_log(node: DevNode, journal: Journal) -> None:
