@@ -262,13 +262,15 @@ class DevNode:
         """One of this node's own operators of `role` with a TOTP step to spare now: each
         person's codes are good once, three 30-second steps at a time, so a test that
         proves many commands in a row gets up to `OPERATORS_PER_ROLE` people of a role,
-        enrolled on first need (the first admin while the registry is empty, a third admin
+        enrolled on first need (an admin first while the registry is empty, a third admin
         with two admins' codes)."""
         pool = [u for u in self.roles if u.startswith(f"dev-{role}-")]
         ready = [u for u in pool if self.authenticator.fresh(u)]
         if ready or len(pool) >= OPERATORS_PER_ROLE:
             return (ready or pool)[0]
         username = f"dev-{role}-{len(pool) + 1}"
+        if role != "admin" and "admin" not in self.roles.values():
+            self.operator("admin")  # the first operator of a node is an admin
         admins = [u for u, r in self.roles.items() if r == "admin"]
         proof = second = None
         if admins:
