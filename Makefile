@@ -3,7 +3,9 @@
 
 VENV          := .venv
 PY            := $(VENV)/bin/python
-APT_PACKAGES  := softhsm2 systemd libsystemd-dev pkg-config python3-dev gcc nftables
+APT_PACKAGES  := softhsm2 systemd libsystemd-dev pkg-config python3-dev gcc nftables \
+                 libzmq5 libevent-core-2.1-7 libevent-extra-2.1-7 libevent-pthreads-2.1-7 \
+                 libsqlite3-0
 # The appliance image (image/build, as root): mkosi and the tools that assemble and boot it.
 IMAGE_APT     := mkosi systemd-container debootstrap dracut squashfs-tools cryptsetup-bin \
                  mtools xz-utils qemu-system-x86 qemu-utils curl

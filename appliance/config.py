@@ -75,6 +75,7 @@ class BitcoinConfig:
     fee_floor_sat_vb: float
     fee_ceiling_sat_vb: float
     bump_after_blocks: int
+    rpc_timeout_seconds: float = 10.0  # a bitcoind that answers nothing this long is hung
     rpc_password: SecretSource = field(
         default_factory=lambda: SecretSource(
             "bitcoind-rpc-password", environment="WIRE_MPC_BITCOIND_RPC_PASSWORD"
@@ -684,6 +685,7 @@ def _bitcoin(fields: StrictObject) -> BitcoinConfig:
         fee_floor_sat_vb=fields.take("fee_floor_sat_vb", _number, 1.0),
         fee_ceiling_sat_vb=fields.take("fee_ceiling_sat_vb", _number, 500.0),
         bump_after_blocks=fields.take("bump_after_blocks", count(1, 1000), 3),
+        rpc_timeout_seconds=fields.take("rpc_timeout_seconds", _number, 10.0),
     )
     fields.done()
     if config.fork_confirmations < config.normal_confirmations:

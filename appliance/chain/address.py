@@ -19,11 +19,14 @@ from bitcoinlib.keys import Address
 __all__ = ["HRP", "AddressError", "address_of_script", "p2tr_script", "script_of_address"]
 
 HRP: Final = {"mainnet": "bc", "testnet": "tb", "signet": "tb", "regtest": "bcrt"}
+# Base58 (legacy and P2SH) addresses carry only a version byte: testnet, testnet4, signet and
+# regtest share theirs (Bitcoin Core's chainparams), so bitcoinlib may name any of them.
+_TEST_NETWORKS: Final = {"testnet", "testnet4", "signet", "regtest"}
 _BITCOINLIB_NETWORK: Final = {
     "mainnet": {"bitcoin"},
-    "testnet": {"testnet", "testnet4", "signet"},
-    "signet": {"testnet", "testnet4", "signet"},
-    "regtest": {"regtest"},
+    "testnet": _TEST_NETWORKS,
+    "signet": _TEST_NETWORKS,
+    "regtest": _TEST_NETWORKS,
 }
 # Dust thresholds of Bitcoin Core's default relay policy (3 sat/vB dust relay fee).
 DUST: Final = {"p2tr": 330, "p2wsh": 330, "p2wpkh": 294, "p2sh": 540, "p2pkh": 546}

@@ -55,7 +55,7 @@ class BitcoindRpc:
         user: str | None = None,
         password: str | None = None,
         cookie_file: Path | None = None,
-        timeout: float = 30.0,
+        timeout: float = 10.0,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
@@ -75,6 +75,10 @@ class BitcoindRpc:
         if self.cookie_file is not None:
             try:
                 credentials = self.cookie_file.read_text().strip()
+            except FileNotFoundError as exc:  # bitcoind removes it when it stops
+                raise RpcUnavailable(
+                    f"bitcoind is not running: it has no cookie at {self.cookie_file}"
+                ) from exc
             except OSError as exc:
                 raise RpcUnavailable(
                     f"cannot read bitcoind cookie {self.cookie_file}: {exc}"
@@ -96,13 +100,19 @@ class BitcoindRpc:
                 except (asyncio.LimitOverrunError, ValueError) as exc:  # an over-long line
                     await self.close()
                     raise RpcProtocolError(f"{method}: malformed HTTP answer: {exc}") from exc
+                except TimeoutError as exc:  # before OSError, of which it is a kind: a hung
+                    await self.close()  # bitcoind is not asked a second time
+                    raise RpcUnavailable(
+                        f"bitcoind at {self.host}:{self.port} did not answer {method} "
+                        f"within {self.timeout:g} s"
+                    ) from exc
                 except (ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
                     await self.close()
                     if attempt == 2:
-                        raise RpcUnavailable(f"bitcoind at {self.host}:{self.port}: {exc}") from exc
-                except TimeoutError as exc:
-                    await self.close()
-                    raise RpcUnavailable(f"bitcoind did not answer {method} in time") from exc
+                        reason = str(exc) or type(exc).__name__
+                        raise RpcUnavailable(
+                            f"bitcoind at {self.host}:{self.port}: {reason}"
+                        ) from exc
         raise AssertionError("unreachable")
 
     async def _exchange(self, method: str, params: tuple[Any, ...]) -> Any:

@@ -29,7 +29,13 @@ class ChainService:
     ) -> None:
         self.config = config
         password = read_secret(config.rpc_password) if config.rpc_user is not None else None
-        self.rpc = BitcoindRpc(config.rpc_url, config.rpc_user, password, config.cookie_file)
+        self.rpc = BitcoindRpc(
+            config.rpc_url,
+            config.rpc_user,
+            password,
+            config.cookie_file,
+            config.rpc_timeout_seconds,
+        )
         self.view = ChainView(ChainRecords(store), config, audit)
         self.watcher = ChainWatcher(config, self.rpc, self.view, audit, on_change)
 

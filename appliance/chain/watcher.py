@@ -226,10 +226,18 @@ class ChainWatcher:
             self._changes.append(self.view.apply(first - 1, batch))
 
     def _note_forks(self, tips: Any, height: int) -> None:
-        """Competing branches bitcoind has seen (valid or only headers) within the window."""
+        """Competing branches bitcoind has seen (valid or only headers) within the window.
+
+        A branch competes only if it leaves the active chain below its tip. One that starts
+        on the tip itself is the chain going on: headers that came before their blocks, or
+        blocks bitcoind is still connecting (it lists both as tips of their own)."""
         for tip_hash, tip_height, length, status in _chain_tips(tips):
-            fork_height = tip_height - length + 1
-            if status in FORK_STATUSES and height - fork_height < self.config.fork_window_blocks:
+            fork_height = tip_height - length + 1  # the branch's first block
+            if (
+                status in FORK_STATUSES
+                and fork_height <= height
+                and height - fork_height < self.config.fork_window_blocks
+            ):
                 self.view.record_fork(tip_hash, fork_height, length, status)
 
     # -- ZMQ: speed ------------------------------------------------------------------------

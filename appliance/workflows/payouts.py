@@ -32,7 +32,7 @@ from appliance.chain.address import AddressError, address_of_script, script_of_a
 from appliance.chain.broadcast import BroadcastRefused, broadcast
 from appliance.chain.commitment import burns_digest
 from appliance.chain.custody import CustodyKey
-from appliance.chain.fees import bumped_fee_rate, estimate_fee_rate, is_stuck
+from appliance.chain.fees import bumped_fee_rate, estimate_fee_rate, is_stuck, relay_fees
 from appliance.chain.payout_chain import PayoutChain
 from appliance.chain.rpc import BitcoindError, RpcProtocolError
 from appliance.chain.service import ChainService
@@ -826,7 +826,8 @@ class Payouts:
         bitcoin = self._bitcoin()
         latest = self.records.latest(withdrawal.id)
         estimate = await estimate_fee_rate(bitcoin.rpc, bitcoin.config)
-        rate = bumped_fee_rate(latest.fee_rate, estimate, bitcoin.config)
+        relay = await relay_fees(bitcoin.rpc)
+        rate = bumped_fee_rate(latest.fee_rate, estimate, bitcoin.config, relay.incremental)
         if rate is None:
             return {
                 "withdrawal": withdrawal.id,

@@ -1,13 +1,16 @@
-"""The chain interface against the regtest node, through its real RPC and ZMQ: deposits and
-confirmations under reorgs and forks, a silenced ZMQ stream, bitcoind's sync states, and
-withdrawals that Bitcoin Core's rules (libbitcoinkernel) accept or refuse."""
+"""The chain interface against Bitcoin Core's own bitcoind, through its real RPC and ZMQ: a
+signing node's bitcoind peered over P2P with a miner that funds and mines. Deposits and
+confirmations under reorgs and real competing branches, headers that arrive before their
+blocks, a silent ZMQ stream, bitcoind in initial block download, behind its headers, with a
+stale tip, hung, stopped and restarted with a new cookie, and withdrawals that bitcoind
+accepts, refuses or lets replace."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ import pytest
 from appliance.chain.address import script_of_address
 from appliance.chain.broadcast import BroadcastRefused, broadcast
 from appliance.chain.custody import CustodyKey
-from appliance.chain.fees import bumped_fee_rate, estimate_fee_rate, is_stuck
+from appliance.chain.fees import bumped_fee_rate, estimate_fee_rate, is_stuck, relay_fees
 from appliance.chain.service import ChainService
 from appliance.chain.transaction import Transaction, TxOut
 from appliance.chain.withdrawal import (
@@ -30,14 +33,13 @@ from appliance.frost import SECP256K1_TR, KeyShare, trusted_dealer_keygen
 from appliance.store import Store
 from tests.chain.helpers import CONFIG, Audit
 from tests.frost.helpers import sign_with
-from tests.regtest.harness import RegtestProcess, RpcCallError, block_on
+from tools.bitcoind import Bitcoind, BitcoinNetwork, RpcCallError, free_port, wait_until
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[RegtestProcess]:
-    with RegtestProcess(tmp_path / "bitcoind") as process:
-        process.call("generatetoaddress", 101, process.call("getnewaddress"))
-        yield process
+def network(tmp_path: Path) -> Iterator[BitcoinNetwork]:
+    with BitcoinNetwork(tmp_path / "bitcoin", nodes=1) as bitcoin_network:
+        yield bitcoin_network
 
 
 @pytest.fixture(scope="module")
@@ -47,20 +49,24 @@ def custody() -> tuple[dict[int, KeyShare], bytes]:
 
 
 class Bitcoin:
-    """A ChainService of one node on the regtest node, and ways to drive both."""
+    """A ChainService of one signing node following its own bitcoind, and ways to drive
+    the network that bitcoind is part of."""
 
-    def __init__(self, node: RegtestProcess, path: Path, group_key: bytes, **config: Any) -> None:
-        self.node = node
+    def __init__(self, network: BitcoinNetwork, path: Path, group_key: bytes, **config: Any):
+        self.network = network
+        self.node = network.nodes[0]  # the engine's own bitcoind
         self.store = Store(path / "node.db")
         self.audit = Audit()
         self.changed = asyncio.Event()
         self.config = dataclasses.replace(
             CONFIG,
-            rpc_url=node.rpc_url,
-            rpc_user=None,
-            cookie_file=node.cookie_path,
-            zmq_block=node.zmq_endpoint,
-            **config,
+            **{
+                "rpc_url": self.node.rpc_url,
+                "rpc_user": None,
+                "cookie_file": self.node.cookie_path,
+                "zmq_block": self.node.zmq_endpoint,
+                **config,
+            },
         )
         self.service = ChainService(
             self.config, self.store, self.audit, on_change=lambda _: self.changed.set()
@@ -71,29 +77,31 @@ class Bitcoin:
 
     async def caught_up(self, within: float = 15.0) -> None:
         """Wait until the view's tip is the node's best block."""
-        best = self.node.call("getbestblockhash")
+        best = self.node.best()
         async with asyncio.timeout(within):  # checked every 50 ms: bounded
             while self.view.tip is None or self.view.tip[0] != best:
                 await asyncio.sleep(0.05)
 
     def mine(self, blocks: int = 1) -> list[str]:
-        return self.node.call("generatetoaddress", blocks, self.node.call("getnewaddress"))
+        return self.network.mine(blocks)
 
     def mine_empty(self, blocks: int) -> list[str]:
         """Blocks without the mempool's transactions (a stuck transaction stays stuck)."""
-        address = self.node.call("getnewaddress")
-        return [self.node.call("generateblock", address, [])["hash"] for _ in range(blocks)]
+        return self.network.mine(blocks, empty=True)
 
     def pay(self, address: str, btc: str) -> str:
-        return self.node.call("sendtoaddress", address, btc)
+        return str(self.network.call("sendtoaddress", address, btc))
+
+    def events(self, name: str) -> list[str]:
+        return [message for event, _, message in self.audit if event == name]
 
     def close(self) -> None:
         self.store.close()
 
 
 @pytest.fixture
-def bitcoin(node, tmp_path, custody) -> Iterator[Bitcoin]:
-    chain = Bitcoin(node, tmp_path, custody[1])
+def bitcoin(network, tmp_path, custody) -> Iterator[Bitcoin]:
+    chain = Bitcoin(network, tmp_path, custody[1])
     yield chain
     chain.close()
 
@@ -105,9 +113,9 @@ def run(coroutine: Any) -> Any:
 # ---- deposits, confirmations, reorgs ----------------------------------------------------
 
 
-def test_a_deposit_is_reported_once_at_six_confirmations(node, tmp_path, custody) -> None:
-    # Polling is slowed to a minute: only ZMQ can bring these blocks in time.
-    bitcoin = Bitcoin(node, tmp_path, custody[1], poll_seconds=60)
+def test_a_deposit_is_reported_once_at_six_confirmations(network, tmp_path, custody) -> None:
+    # Polling is slowed to a minute: only bitcoind's ZMQ can bring these blocks in time.
+    bitcoin = Bitcoin(network, tmp_path, custody[1], poll_seconds=60)
 
     async def scenario() -> None:
         await bitcoin.service.start()
@@ -125,12 +133,8 @@ def test_a_deposit_is_reported_once_at_six_confirmations(node, tmp_path, custody
                 50_000_000,
                 "wire:alice",
             )
-            assert (
-                node.call("getrawtransaction", txid, True)["vout"][deposit.vout]["scriptPubKey"][
-                    "hex"
-                ]
-                == output.script.hex()
-            )
+            paid = bitcoin.node.call("getrawtransaction", txid, True, deposit.block_hash)
+            assert paid["vout"][deposit.vout]["scriptPubKey"]["hex"] == output.script.hex()
             bitcoin.mine(3)
             await bitcoin.caught_up()
             assert bitcoin.view.take_confirmed_deposits() == []
@@ -153,8 +157,10 @@ def test_a_reorg_before_six_confirmations_reports_nothing(bitcoin) -> None:
             bitcoin.pay(address, "0.2")
             (deposit_block, *_) = bitcoin.mine(3)
             await bitcoin.caught_up()
-            bitcoin.node.call("invalidateblock", deposit_block)  # the deposit goes back
-            bitcoin.mine_empty(10)  # to the mempool; a longer branch without it wins
+            # The miner drops the deposit's block and mines a longer branch without it; the
+            # node's bitcoind follows it over P2P, and the deposit goes back to the mempools.
+            bitcoin.network.miner.call("invalidateblock", deposit_block)
+            bitcoin.mine_empty(10)
             await bitcoin.caught_up()
             assert bitcoin.view.take_confirmed_deposits() == []
             assert bitcoin.view.required_confirmations() == 12
@@ -174,28 +180,69 @@ def test_a_reorg_before_six_confirmations_reports_nothing(bitcoin) -> None:
     run(scenario())
 
 
-def test_a_competing_branch_raises_required_confirmations(bitcoin) -> None:
+def test_a_competing_branch_raises_required_confirmations(bitcoin, tmp_path) -> None:
+    """A rival miner mines apart at the tip's height and then reaches the node: equal work,
+    so the node keeps its first-seen tip and lists the rival branch among its tips."""
+    network, node = bitcoin.network, bitcoin.node
+    with Bitcoind(tmp_path / "rival") as rival:
+        rival.connect(network.miner)
+        wait_until(lambda: rival.best() == network.miner.best(), 30, "the rival in sync")
+        rival.disconnect(network.miner)
+
+        async def scenario() -> None:
+            watcher = bitcoin.service.watcher
+            _, address, _ = await bitcoin.service.watch_deposit(
+                bitcoin.key.group_key, "wire:carol", None
+            )
+            bitcoin.pay(address, "0.1")
+            (*_, tip) = bitcoin.mine(6)
+            (rival_tip,) = rival.call("generatetoaddress", 1, address)
+            rival.connect(node)
+            wait_until(
+                lambda: any(t["hash"] == rival_tip for t in node.call("getchaintips")),
+                30, "the rival branch reaching the node",
+            )  # fmt: skip
+            assert (await watcher.sync_once()).synced
+            assert bitcoin.view.tip[0] == tip == node.best()  # never canonical here
+            assert bitcoin.view.required_confirmations() == 12
+            assert "chain.fork" in bitcoin.audit.events()
+            assert bitcoin.view.take_confirmed_deposits() == []  # 6 of 12
+            bitcoin.mine(6)
+            await watcher.sync_once()
+            assert len(bitcoin.view.take_confirmed_deposits()) == 1
+            await bitcoin.service.close()
+
+        run(scenario())
+
+
+def test_headers_before_their_blocks_are_no_competing_branch(bitcoin) -> None:
+    """bitcoind lists a header it has not got the block of yet (and blocks it is still
+    connecting) as a tip of its own, one past the active tip: the chain going on, not a
+    fork, so deposits still need six confirmations."""
+    network, node = bitcoin.network, bitcoin.node
+
     async def scenario() -> None:
         watcher = bitcoin.service.watcher
         _, address, _ = await bitcoin.service.watch_deposit(
-            bitcoin.key.group_key, "wire:carol", None
+            bitcoin.key.group_key, "wire:chris", None
         )
         bitcoin.pay(address, "0.1")
-        bitcoin.mine(6)
-        tip = bitcoin.node.call("getblockheader", bitcoin.node.call("getbestblockhash"))
-        # A block at the tip's height on the tip's parent: equal work, so bitcoind keeps
-        # its first-seen tip, and the rival shows in getchaintips as a valid fork.
-        rival = block_on(bitcoin.node, tip["previousblockhash"], bitcoin.key.custody.script)
-        # bitcoind answers "inconclusive" for a valid block that did not become its tip
-        assert bitcoin.node.call("submitblock", rival.raw.hex()) == "inconclusive"
+        bitcoin.mine(5)
         assert (await watcher.sync_once()).synced
-        assert bitcoin.view.tip[0] == tip["hash"]  # never canonical here
-        assert bitcoin.view.required_confirmations() == 12
-        assert "chain.fork" in bitcoin.audit.events()
-        assert bitcoin.view.take_confirmed_deposits() == []  # 6 of 12
-        bitcoin.mine(6)
+        # The next block, built on the miner but not submitted: its header reaches the
+        # node first, the block itself later.
+        block = network.miner.call("generateblock", network.mining_address(), [], False)
+        node.call("submitheader", block["hex"][:160])
+        statuses = {t["status"] for t in node.call("getchaintips")}
+        assert statuses & {"headers-only", "valid-headers"}, statuses
+        assert (await watcher.sync_once()).synced
+        assert bitcoin.view.required_confirmations() == 6
+        assert node.call("submitblock", block["hex"]) is None
+        network.miner.call("submitblock", block["hex"])
         await watcher.sync_once()
-        assert len(bitcoin.view.take_confirmed_deposits()) == 1
+        assert bitcoin.view.tip[0] == block["hash"]
+        assert len(bitcoin.view.take_confirmed_deposits()) == 1  # at six
+        assert "chain.fork" not in bitcoin.audit.events()
         await bitcoin.service.close()
 
     run(scenario())
@@ -212,8 +259,8 @@ def test_a_deep_reorg_of_an_attested_deposit_alerts_and_pauses_minting(bitcoin) 
         await watcher.sync_once()
         (deposit,) = bitcoin.view.take_confirmed_deposits()
         bitcoin.view.mark_attested(deposit.txid, deposit.vout)
-        bitcoin.node.call("invalidateblock", deposit_block)
-        bitcoin.mine_empty(9)  # a 7-deep reorg that leaves the deposit out
+        bitcoin.network.miner.call("invalidateblock", deposit_block)
+        bitcoin.mine_empty(9)  # a 7-deep reorg that leaves the deposit out, over P2P
         await watcher.sync_once()
         assert bitcoin.view.minting_paused() is not None
         assert ("chain.deposit-reorged", "failure") in [(e, o) for e, o, _ in bitcoin.audit]
@@ -223,24 +270,21 @@ def test_a_deep_reorg_of_an_attested_deposit_alerts_and_pauses_minting(bitcoin) 
     run(scenario())
 
 
-def test_a_silenced_zmq_stream_is_caught_up_by_polling(node, tmp_path, custody) -> None:
-    bitcoin = Bitcoin(node, tmp_path, custody[1], poll_seconds=0.5)
+def test_a_silent_zmq_stream_is_caught_up_by_polling(network, tmp_path, custody) -> None:
+    # The engine listens where no bitcoind publishes: polling alone must find the blocks.
+    silent = f"tcp://127.0.0.1:{free_port()}"
+    bitcoin = Bitcoin(network, tmp_path, custody[1], poll_seconds=0.5, zmq_block=silent)
 
     async def scenario() -> None:
         await bitcoin.service.start()
         try:
             await bitcoin.caught_up()
-            node.call("setzmqpublishing", False)
-            heard = bitcoin.service.watcher.notifications
             _, address, _ = await bitcoin.service.watch_deposit(custody[1], "wire:erin", None)
             bitcoin.pay(address, "0.3")
             bitcoin.mine(6)
             await bitcoin.caught_up()
             assert len(bitcoin.view.take_confirmed_deposits()) == 1
-            assert bitcoin.service.watcher.notifications == heard  # polling alone found it
-            node.call("setzmqpublishing", True)
-            bitcoin.mine(1)
-            await bitcoin.caught_up()
+            assert bitcoin.service.watcher.notifications == 0  # polling alone found it
         finally:
             await bitcoin.service.close()
 
@@ -268,45 +312,91 @@ def test_a_deposit_made_before_its_address_was_watched_is_found_by_rescan(bitcoi
     run(scenario())
 
 
-def test_bitcoind_states_that_stop_signing(bitcoin) -> None:
-    async def scenario() -> None:
-        watcher = bitcoin.service.watcher
-        assert (await watcher.sync_once()).synced
-        bitcoin.node.call("setinitialblockdownload", True)
-        state = await watcher.sync_once()
-        assert state.name == "initial-block-download"
-        with pytest.raises(Exception, match="initial block download"):
-            watcher.require_synced()
-        bitcoin.node.call("setinitialblockdownload", False)
-        bitcoin.node.call("setheaders", bitcoin.node.call("getblockcount") + 50)
-        state = await watcher.sync_once()
-        assert (state.name, state.reason) == (
-            "behind",
-            "bitcoind has 50 headers it has not validated",
-        )
-        bitcoin.node.call("setheaders", None)
-        assert (await watcher.sync_once()).synced
-        bitcoin.node.stop()
-        state = await watcher.sync_once()
-        assert state.name == "unreachable"
-        states = [m for e, _, m in bitcoin.audit if e == "chain.sync-state"]
-        assert [s.split(":")[0] for s in states] == [
-            "bitcoind is synced",
-            "bitcoind is initial-block-download",
-            "bitcoind is behind",
-            "bitcoind is synced",
-            "bitcoind is unreachable",
-        ]
-        await bitcoin.service.close()
+def test_bitcoind_states_that_stop_signing(tmp_path, custody) -> None:
+    """Each state of a real bitcoind that must stop signing, in the order a node can meet
+    them: initial block download, a stale tip, headers it has not validated, hung (SIGSTOP),
+    stopped; and each time back to synced (once with a new cookie)."""
+    with BitcoinNetwork(tmp_path / "bitcoin", nodes=1, mature=False) as network:
+        bitcoin = Bitcoin(network, tmp_path, custody[1], rpc_timeout_seconds=2.0)
+        node, miner = bitcoin.node, network.miner
 
-    run(scenario())
+        async def scenario() -> None:
+            watcher = bitcoin.service.watcher
+            state = await watcher.sync_once()  # a new chain: only the genesis block of 2011
+            assert state.name == "initial-block-download"
+            with pytest.raises(Exception, match="initial block download"):
+                watcher.require_synced()
+            miner.call("setmocktime", int(time.time()) - 3 * 3600)
+            bitcoin.mine(101)  # three hours old: out of IBD, past the tip's age limit
+            state = await watcher.sync_once()
+            assert state.name == "behind"
+            assert state.reason.startswith("bitcoind's tip is 10")  # 10800 s and a little
+            miner.call("setmocktime", 0)
+            bitcoin.mine(1)
+            assert (await watcher.sync_once()).synced
+
+            node.disconnect(miner)  # the node hears of 50 blocks by their headers only
+            hashes = miner.call("generatetoaddress", 50, network.mining_address())
+            for block_hash in hashes:
+                node.call("submitheader", miner.call("getblockheader", block_hash, False))
+            state = await watcher.sync_once()
+            assert (state.name, state.reason) == (
+                "behind",
+                "bitcoind has 50 headers it has not validated",
+            )
+            node.connect(miner)
+            network.sync_blocks()
+            assert (await watcher.sync_once()).synced
+            assert bitcoin.view.required_confirmations() == 6  # headers ahead are no fork
+
+            node.pause()  # hung: its sockets stay open, nothing answers
+            try:
+                async with asyncio.timeout(10):  # the RPC timeout (2 s) bounds it
+                    state = await watcher.sync_once()
+            finally:
+                node.resume()
+            assert state.name == "unreachable"
+            assert "did not answer getblockchaininfo within 2 s" in state.reason
+            assert (await watcher.sync_once()).synced
+
+            node.stop()
+            state = await watcher.sync_once()
+            assert state.name == "unreachable"
+            assert (
+                state.reason == f"bitcoind is not running: it has no cookie at {node.cookie_path}"
+            )
+            old_cookie = node.cookie_path.read_text() if node.cookie_path.exists() else None
+            node.start()  # a new cookie, read again on the next call
+            assert node.cookie_path.read_text() != old_cookie
+            assert (await watcher.sync_once()).synced
+            states = [m.split(":")[0] for m in bitcoin.events("chain.sync-state")]
+            assert states == [
+                "bitcoind is initial-block-download",
+                "bitcoind is behind",
+                "bitcoind is synced",
+                "bitcoind is behind",
+                "bitcoind is synced",
+                "bitcoind is unreachable",
+                "bitcoind is synced",
+                "bitcoind is unreachable",
+                "bitcoind is synced",
+            ]
+            await bitcoin.service.close()
+
+        run(scenario())
+        bitcoin.close()
 
 
 # ---- withdrawals ------------------------------------------------------------------------
 
 
-def users(node: RegtestProcess, count: int) -> list[bytes]:
-    return [script_of_address(node.call("getnewaddress"), "regtest") for _ in range(count)]
+def users(bitcoin: Bitcoin, count: int) -> list[bytes]:
+    """Scripts of addresses bitcoind's wallet hands out (each of its kinds in turn)."""
+    kinds = ("bech32m", "bech32", "legacy", "p2sh-segwit")
+    return [
+        script_of_address(bitcoin.network.call("getnewaddress", "", kinds[i % 4]), "regtest")
+        for i in range(count)
+    ]
 
 
 def signed(plan: WithdrawalPlan, shares: dict[int, KeyShare]) -> Transaction:
@@ -328,7 +418,7 @@ async def funded(bitcoin: Bitcoin) -> None:
     await bitcoin.service.watcher.sync_once()
 
 
-def paid(node: RegtestProcess, since_height: int, scripts: list[bytes]) -> dict[bytes, int]:
+def paid(node: Bitcoind, since_height: int, scripts: list[bytes]) -> dict[bytes, int]:
     """How many outputs in the active chain above `since_height` pay each script."""
     counts = dict.fromkeys(scripts, 0)
     for height in range(since_height + 1, node.call("getblockcount") + 1):
@@ -354,7 +444,7 @@ def test_a_signed_withdrawal_is_accepted_and_tracked(bitcoin, custody) -> None:
         await funded(bitcoin)
         spendables = bitcoin.view.spendables()
         assert sorted(s.amount for s in spendables) == [15_000_000, 25_000_000, 60_000_000]
-        payouts = [Payout(f"burn-{i}", s, 30_000_000) for i, s in enumerate(users(bitcoin.node, 3))]
+        payouts = [Payout(f"burn-{i}", s, 30_000_000) for i, s in enumerate(users(bitcoin, 3))]
         rate = await estimate_fee_rate(bitcoin.service.rpc, bitcoin.config)
         plan = build_withdrawal(
             payouts, *first_and_rest(spendables), bitcoin.key.custody.script, rate
@@ -362,8 +452,8 @@ def test_a_signed_withdrawal_is_accepted_and_tracked(bitcoin, custody) -> None:
         assert len(plan.spent) == 3  # the deposit- and reservoir-tweaked keys sign too
         tx = signed(plan, shares)
         txid = await broadcast(bitcoin.service.rpc, tx, bitcoin.audit)
-        entry = bitcoin.node.call("getmempoolentry", txid)
-        assert entry["bip125-replaceable"] is True
+        decoded = bitcoin.node.call("getrawtransaction", txid, True)
+        assert all(i["sequence"] < 0xFFFFFFFE for i in decoded["vin"])  # signals BIP125
         bitcoin.mine(1)
         await bitcoin.service.watcher.sync_once()
         (change,) = bitcoin.view.unspent()
@@ -380,7 +470,7 @@ def test_bad_withdrawals_are_refused_with_bitcoinds_reason(bitcoin, custody) -> 
     async def scenario() -> None:
         await funded(bitcoin)
         spendables = bitcoin.view.spendables()
-        payouts = [Payout("burn-x", users(bitcoin.node, 1)[0], 10_000_000)]
+        payouts = [Payout("burn-x", users(bitcoin, 1)[0], 10_000_000)]
         plan = build_withdrawal(
             payouts, *first_and_rest(spendables), bitcoin.key.custody.script, 2.0
         )
@@ -393,8 +483,12 @@ def test_bad_withdrawals_are_refused_with_bitcoinds_reason(bitcoin, custody) -> 
             outputs=(TxOut(sum(s.amount for s in plan.spent) + 1, payouts[0].script),),
         )
         overspend = signed(dataclasses.replace(plan, transaction=overspend_tx), shares)
+        relay = await relay_fees(bitcoin.service.rpc)  # 0.1 sat/vB on this bitcoind
+        cheap_rate = relay.minimum / 2
         cheap = signed(
-            build_withdrawal(payouts, *first_and_rest(spendables), bitcoin.key.custody.script, 0.2),
+            build_withdrawal(
+                payouts, *first_and_rest(spendables), bitcoin.key.custody.script, cheap_rate
+            ),
             shares,
         )
         cases = {
@@ -420,7 +514,7 @@ def test_a_stuck_withdrawal_is_replaced_and_users_are_paid_once(bitcoin, custody
     async def scenario() -> None:
         await funded(bitcoin)
         start = bitcoin.node.call("getblockcount")
-        scripts = users(bitcoin.node, 4)
+        scripts = users(bitcoin, 4)
         payouts = [Payout(f"burn-{i}", s, 5_000_000) for i, s in enumerate(scripts)]
         spendables = first_and_rest(bitcoin.view.spendables())
         plan = build_withdrawal(payouts, *spendables, bitcoin.key.custody.script, 1.0)
@@ -428,17 +522,20 @@ def test_a_stuck_withdrawal_is_replaced_and_users_are_paid_once(bitcoin, custody
         bitcoin.mine_empty(3)  # nobody mines it
         await bitcoin.service.watcher.sync_once()
         assert is_stuck(start, bitcoin.view.tip[1], bitcoin.config)
-        bitcoin.node.call("setfeeestimate", Decimal("0.00004"))  # 4 sat/vB
+        # bitcoind has seen too few transactions to estimate: the configured floor is used.
+        assert "errors" in bitcoin.node.call("estimatesmartfee", 6, "conservative")
         estimate = await estimate_fee_rate(bitcoin.service.rpc, bitcoin.config)
-        rate = bumped_fee_rate(plan.fee_rate, estimate, bitcoin.config)
-        assert rate == 4.0
+        assert estimate == bitcoin.config.fee_floor_sat_vb
+        relay = await relay_fees(bitcoin.service.rpc)
+        rate = bumped_fee_rate(plan.fee_rate, estimate, bitcoin.config, relay.incremental)
+        assert rate == 1.25  # a quarter more: above bitcoind's increment (0.1 sat/vB)
         bumped = replace_withdrawal(plan, rate, bitcoin.key.custody.script)
         second = await broadcast(bitcoin.service.rpc, signed(bumped, shares), bitcoin.audit)
         assert bitcoin.node.call("getrawmempool") == [second]
         bitcoin.mine(1)
         await bitcoin.service.watcher.sync_once()
         assert paid(bitcoin.node, start, scripts) == dict.fromkeys(scripts, 1)
-        with pytest.raises(RpcCallError):
+        with pytest.raises(RpcCallError, match="No such mempool"):
             bitcoin.node.call("getrawtransaction", first)
         # The stuck original can never come back: its inputs are spent by the replacement.
         with pytest.raises(BroadcastRefused, match=r"missing-inputs|already"):
@@ -446,3 +543,14 @@ def test_a_stuck_withdrawal_is_replaced_and_users_are_paid_once(bitcoin, custody
         await bitcoin.service.close()
 
     run(scenario())
+
+
+def test_every_address_bitcoinds_wallet_hands_out_is_a_burn_destination(network) -> None:
+    """Legacy and P2SH addresses on regtest carry testnet's version bytes; bech32 and
+    bech32m ones the bcrt prefix. Each reads as the script bitcoind itself pays to."""
+    for kind in ("legacy", "p2sh-segwit", "bech32", "bech32m"):
+        address = network.call("getnewaddress", "", kind)
+        wanted = network.call("getaddressinfo", address)["scriptPubKey"]
+        assert script_of_address(address, "regtest").hex() == wanted, kind
+        with pytest.raises(ValueError, match="not"):
+            script_of_address(address, "mainnet")

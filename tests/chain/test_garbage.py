@@ -1,6 +1,6 @@
 """Garbage from bitcoind's RPC or ZMQ is refused, counted and audited, never believed, and
 never crashes the watcher. The RPC side is a hostile stand-in HTTP server (bitcoind cannot
-be made to lie); the ZMQ side is a publisher of our own next to the real regtest node."""
+be made to lie); the ZMQ side is a publisher of our own next to Bitcoin Core's bitcoind."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from appliance.chain.rpc import BitcoindError, BitcoindRpc, RpcProtocolError
 from appliance.chain.service import ChainService
 from appliance.store import Store
 from tests.chain.helpers import CONFIG, Audit
-from tests.regtest.harness import RegtestProcess
+from tools.bitcoind import Bitcoind
 
 Answer = Callable[[str, list[object]], bytes]
 
@@ -71,8 +71,8 @@ class Hostile:
 
 @pytest.fixture(scope="module")
 def real_block(tmp_path_factory) -> tuple[str, str, dict]:
-    """A real block from the regtest node: hash, raw hex and chain info pointing at it."""
-    with RegtestProcess(tmp_path_factory.mktemp("bitcoind")) as node:
+    """A real block from bitcoind: hash, raw hex and chain info pointing at it."""
+    with Bitcoind(tmp_path_factory.mktemp("bitcoind"), wallet=True) as node:
         node.call("generatetoaddress", 1, node.call("getnewaddress"))
         best = node.call("getbestblockhash")
         info = node.call("getblockchaininfo")
@@ -206,8 +206,8 @@ def test_an_oversized_answer_is_refused(real_block) -> None:
 
 
 @pytest.fixture
-def node(tmp_path) -> Iterator[RegtestProcess]:
-    with RegtestProcess(tmp_path / "bitcoind") as process:
+def node(tmp_path) -> Iterator[Bitcoind]:
+    with Bitcoind(tmp_path / "bitcoind", wallet=True) as process:
         process.call("generatetoaddress", 101, process.call("getnewaddress"))
         yield process
 

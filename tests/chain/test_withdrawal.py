@@ -136,7 +136,7 @@ def test_replacement_spends_the_same_inputs_at_a_higher_fee(custody) -> None:
     _, key = custody
     utxos = spendables(key, [70_000, 40_000, 30_000])
     plan = build_withdrawal(payouts(5), main_output(key), utxos, key.custody.script, 3.0)
-    rate = bumped_fee_rate(plan.fee_rate, 1.0, CONFIG)
+    rate = bumped_fee_rate(plan.fee_rate, 1.0, CONFIG, 1.0)
     assert rate is not None
     assert rate >= plan.fee_rate * 1.25
     bumped = replace_withdrawal(plan, rate, key.custody.script)
@@ -144,7 +144,9 @@ def test_replacement_spends_the_same_inputs_at_a_higher_fee(custody) -> None:
         i.prevout for i in plan.transaction.inputs
     ]
     assert bumped.payouts == plan.payouts
-    assert bumped.fee - plan.fee >= bumped.transaction.vsize  # BIP125 rule 4 at 1 sat/vB
+    assert (
+        bumped.fee - plan.fee >= bumped.transaction.vsize
+    )  # BIP125 rule 4 at an increment of 1 sat/vB
     with pytest.raises(WithdrawalError, match="higher fee rate"):
         replace_withdrawal(plan, plan.fee_rate, key.custody.script)
     with pytest.raises(WithdrawalError, match="cannot pay"):
@@ -152,11 +154,12 @@ def test_replacement_spends_the_same_inputs_at_a_higher_fee(custody) -> None:
 
 
 def test_bumped_rate_stops_at_the_ceiling() -> None:
-    assert bumped_fee_rate(10.0, 50.0, CONFIG) == 50.0
-    assert bumped_fee_rate(10.0, 1.0, CONFIG) == 12.5
-    assert bumped_fee_rate(0.5, 0.5, CONFIG) == 1.5
-    assert bumped_fee_rate(450.0, 1.0, CONFIG) == CONFIG.fee_ceiling_sat_vb
-    assert bumped_fee_rate(CONFIG.fee_ceiling_sat_vb, 1.0, CONFIG) is None
+    assert bumped_fee_rate(10.0, 50.0, CONFIG, 1.0) == 50.0
+    assert bumped_fee_rate(10.0, 1.0, CONFIG, 1.0) == 12.5
+    assert bumped_fee_rate(0.5, 0.5, CONFIG, 1.0) == 1.5
+    assert bumped_fee_rate(0.5, 0.5, CONFIG, 0.1) == 0.625  # Bitcoin Core 29's increment
+    assert bumped_fee_rate(450.0, 1.0, CONFIG, 1.0) == CONFIG.fee_ceiling_sat_vb
+    assert bumped_fee_rate(CONFIG.fee_ceiling_sat_vb, 1.0, CONFIG, 1.0) is None
 
 
 def test_frost_signatures_verify_per_input(custody) -> None:
