@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -399,30 +399,48 @@ class Bitcoind:
 
 
 class BitcoinNetwork:
-    """A miner with a wallet and one bitcoind per signing node, all peered on loopback."""
+    """A miner with a wallet and one bitcoind per signing node, all peered on loopback.
+
+    Calls go to the miner (its wallet funds deposits; `-txindex` lets it look up any
+    transaction). A mining call first hands the miner every transaction the nodes hold, and
+    returns once every node still peered with it has the new blocks."""
+
+    MINING = frozenset({"generatetoaddress", "generateblock", "generatetodescriptor"})
 
     def __init__(self, root: Path, nodes: int, *, mature: bool = True) -> None:
         self.root = Path(root)
-        binary = bitcoin_core()
-        self.miner = Bitcoind(self.root / "miner", wallet=True, binary=binary)
-        self.nodes = [Bitcoind(self.root / f"node-{i + 1}", binary=binary) for i in range(nodes)]
+        self.binary = bitcoin_core()
+        self.miner = Bitcoind(
+            self.root / "miner", wallet=True, binary=self.binary, extra_args=["-txindex"]
+        )
+        self.nodes: list[Bitcoind] = []
+        self.size = nodes
         self.mature = mature
         self._mining_address: str | None = None
 
     def start(self) -> None:
-        started: list[Bitcoind] = []
         try:
-            for node in [self.miner, *self.nodes]:
-                node.start()
-                started.append(node)
-            for node in self.nodes:
-                node.connect(self.miner)
+            self.miner.start()
+            self.grow(self.size)
             if self.mature:  # coinbase outputs the miner can spend
                 self.mine(101)
         except BaseException:
-            for node in started:
-                node.stop()
+            self.stop()
             raise
+
+    def grow(self, count: int) -> None:
+        """Starts node bitcoinds until there are `count`, each peered with the miner."""
+        while len(self.nodes) < count:
+            node = Bitcoind(self.root / f"node-{len(self.nodes) + 1}", binary=self.binary)
+            self.nodes.append(node)
+            node.start()
+            node.connect(self.miner)
+        self.sync_blocks()
+
+    def sections(self, count: int, **overrides: Any) -> list[dict[str, Any]]:
+        """The `bitcoind` sections of `count` engines, each following a bitcoind of its own."""
+        self.grow(count)
+        return [node.section(**overrides) for node in self.nodes[:count]]
 
     def stop(self) -> None:
         for node in [*self.nodes, self.miner]:
@@ -437,12 +455,14 @@ class BitcoinNetwork:
     ) -> None:
         self.stop()
 
-    def __iter__(self) -> Iterator[Bitcoind]:
-        return iter([self.miner, *self.nodes])
-
     def call(self, method: str, *params: Any) -> Any:
-        """A call to the miner (its wallet funds deposits)."""
-        return self.miner.call(method, *params)
+        """A call to the miner; see the class's documentation for mining calls."""
+        if method not in self.MINING:
+            return self.miner.call(method, *params)
+        self.sync_mempools()
+        result = self.miner.call(method, *params)
+        self.sync_blocks()
+        return result
 
     def mining_address(self) -> str:
         if self._mining_address is None:
@@ -450,41 +470,51 @@ class BitcoinNetwork:
         return self._mining_address
 
     def mine(self, blocks: int = 1, *, empty: bool = False) -> list[str]:
-        """Mines on the miner once it holds every transaction the nodes hold, then waits
-        until every running node has the new tip."""
-        if not empty:
-            self.sync_mempools()
+        """Mines `blocks` blocks (with the mempool's transactions unless `empty`)."""
         if empty:
-            hashes = [
-                self.miner.call("generateblock", self.mining_address(), [])["hash"]
-                for _ in range(blocks)
+            return [
+                self.call("generateblock", self.mining_address(), [])["hash"] for _ in range(blocks)
             ]
-        else:
-            hashes = list(self.miner.call("generatetoaddress", blocks, self.mining_address()))
-        self.sync_blocks()
-        return hashes
+        return list(self.call("generatetoaddress", blocks, self.mining_address()))
 
     def sync_blocks(self, within: float = 60.0) -> None:
-        tip = self.miner.best()
-        for node in self.nodes:
-            if node.running and self._peered(node):
-                wait_until(lambda n=node: n.best() == tip, within, f"{node.datadir.name} at {tip}")
+        """Waits until every running node still peered with the miner has its tip, or (the
+        miner building a branch shorter than the chain it left) as much work as it."""
+        info = self.miner.call("getblockchaininfo")
+        tip, work = info["bestblockhash"], int(info["chainwork"], 16)
 
-    def sync_mempools(self, within: float = 30.0) -> None:
-        """Waits until the miner holds every transaction in a running node's mempool."""
+        def caught_up(node: Bitcoind) -> bool:
+            mine = node.call("getblockchaininfo")
+            if mine["bestblockhash"] == tip:
+                return True
+            return int(mine["chainwork"], 16) >= work and _knows(node, tip)
 
-        def relayed() -> bool:
-            held = set(self.miner.call("getrawmempool"))
-            return all(
-                set(node.call("getrawmempool")) <= held
-                for node in self.nodes
-                if node.running and self._peered(node)
-            )
+        for node in self.following():
+            wait_until(lambda n=node: caught_up(n), within, f"{node.datadir.name} at {tip}")
 
-        wait_until(relayed, within, "the nodes' transactions reaching the miner")
+    def sync_mempools(self) -> None:
+        """Hands the miner each transaction a node holds that it lacks, as relay would
+        have; one the miner refuses (a conflict, say) stays out, as on the real network."""
+        held = set(self.miner.call("getrawmempool"))
+        for node in self.following():
+            for txid in node.call("getrawmempool"):
+                if txid not in held:
+                    with contextlib.suppress(RpcCallError):
+                        raw = node.call("getrawtransaction", txid)
+                        self.miner.call("sendrawtransaction", raw)
+                        held.add(txid)
 
-    def _peered(self, node: Bitcoind) -> bool:
-        return node._peers_with(self.miner)
+    def following(self) -> list[Bitcoind]:
+        """The node bitcoinds running and peered with the miner."""
+        return [n for n in self.nodes if n.running and n._peers_with(self.miner)]
+
+
+def _knows(node: Bitcoind, block_hash: str) -> bool:
+    try:
+        node.call("getblockheader", block_hash)
+    except RpcCallError:
+        return False
+    return True
 
 
 def _json_default(value: Any) -> Any:

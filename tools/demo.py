@@ -1,16 +1,16 @@
 """`make demo`: the whole bridge on a local 2-of-3 cluster, from provisioning to payouts.
 
 Three wire-mpcd processes on loopback, each with its own SoftHSM2 token, database, CURVE
-keys, configuration and control API (gunicorn on a Unix socket), following a regtest node
-whose every block and transaction libbitcoinkernel judges, and a simulated Wire system (burn
-feed, burn authority, paid reports). Each organisation enrols an admin and an operator, and
-everything after is done with `mpc_operator` on each node's socket: the DKG of both keys,
-key-info, test signing with both keys, a deposit mined to six confirmations and its mint
-attestation, a burn paid by a withdrawal transaction confirmed six times, and a fee
-consolidation. Every signature is checked by verifiers that share no code with the nodes:
-OpenSSL's Ed25519 (through `cryptography`) and libsecp256k1's BIP340; the transactions by
-the regtest node's libbitcoinkernel, and the summary carries what anyone needs to check them
-again. Nothing is left running.
+keys, configuration and control API (gunicorn on a Unix socket), each following a bitcoind
+of its own (Bitcoin Core on regtest, peered over P2P with a miner that funds and mines), and
+a simulated Wire system (burn feed, burn authority, paid reports). Each organisation enrols
+an admin and an operator, and everything after is done with `mpc_operator` on each node's
+socket: the DKG of both keys, key-info, test signing with both keys, a deposit mined to six
+confirmations and its mint attestation, a burn paid by a withdrawal transaction confirmed
+six times, and a fee consolidation. Every signature is checked by verifiers that share no
+code with the nodes: OpenSSL's Ed25519 (through `cryptography`) and libsecp256k1's BIP340;
+the transactions by bitcoind itself, and the summary carries what anyone needs to check
+them again. Nothing is left running.
 """
 
 from __future__ import annotations
@@ -24,16 +24,15 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-import pyotp
 from coincurve import PublicKeyXOnly
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from appliance.wire.attestation import verify as verify_attestation
-from tests.regtest.harness import RegtestProcess
 from tests.wire.simulator import WireSimulator
+from tools.authenticator import Authenticator
+from tools.bitcoind import BitcoinNetwork
 from tools.devcluster import REPO, DevCluster, DevNode, wait_until
 
 MESSAGE = "wire-mpc demo: the cluster is ready"
@@ -76,8 +75,7 @@ class Console:
         self.node = node
         self.home = root / f"{node.node_id}-operators"
         self.home.mkdir(mode=0o700)
-        self.secrets: dict[str, str] = {}
-        self.steps: dict[str, int] = {}
+        self.authenticator = Authenticator()  # the TOTP app of this organisation's users
 
     def run(self, *args: str, user: str = "operator") -> Any:
         command = [sys.executable, "-m", "api.mpc_operator", "--json",
@@ -105,17 +103,10 @@ class Console:
         if by is not None:
             args = ["--totp", self.code(by), *args]
         answer = self.run(*args, user=by or user)
-        self.secrets[user] = parse_qs(urlsplit(answer["otpauth_uri"]).query)["secret"][0]
+        self.authenticator.add(user, answer["otpauth_uri"])
 
     def code(self, user: str) -> str:
-        """A TOTP code of a step not used before (codes are single-use)."""
-        now = time.time()
-        for offset in (-30, 0, 30):
-            step = int((now + offset) // 30)
-            if step > self.steps.get(user, 0):
-                self.steps[user] = step
-                return pyotp.TOTP(self.secrets[user]).at(now + offset)
-        raise RuntimeError("out of fresh TOTP codes for this minute")
+        return self.authenticator.code(user)
 
     def login(self, user: str) -> None:
         self.run("login", "--username", user, "--password-file", self.password_file(user),
@@ -135,12 +126,12 @@ def wait_for_view(consoles: list[Console], height: int, within: float = 30.0) ->
         time.sleep(0.2)
 
 
-def mine(bitcoind: RegtestProcess, blocks: int) -> int:
-    bitcoind.call("generatetoaddress", blocks, bitcoind.call("getnewaddress"))
+def mine(bitcoind: BitcoinNetwork, blocks: int) -> int:
+    bitcoind.mine(blocks)
     return int(bitcoind.call("getblockcount"))
 
 
-def spent_outputs(bitcoind: RegtestProcess, raw: str) -> list[dict[str, Any]]:
+def spent_outputs(bitcoind: BitcoinNetwork, raw: str) -> list[dict[str, Any]]:
     """What each input of a transaction spends (script and amount), for checking it again."""
     spent = []
     for vin in bitcoind.call("decoderawtransaction", raw)["vin"]:
@@ -162,18 +153,14 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="wire-demo-"))
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    step("starting the regtest node (bitcoind's RPC and ZMQ; blocks judged by libbitcoinkernel)")
-    bitcoind = RegtestProcess(root / "bitcoind")
+    step("starting Bitcoin Core on regtest: a miner and one bitcoind per node, peered over P2P")
+    bitcoind = BitcoinNetwork(root / "bitcoin", nodes=3)
     bitcoind.start()
-    bitcoind.call("generatetoaddress", 101, bitcoind.call("getnewaddress"))
-    print(f"   RPC {bitcoind.rpc_url}, ZMQ {bitcoind.zmq_endpoint}, height 101")
-    section = {
-        "network": "regtest",
-        "rpc_url": bitcoind.rpc_url,
-        "cookie_file": str(bitcoind.cookie_path),
-        "zmq_block": bitcoind.zmq_endpoint,
-        "poll_seconds": 1,
-    }
+    version = bitcoind.miner.call("getnetworkinfo")["subversion"]
+    print(f"   {version} from {bitcoind.binary}, height 101")
+    for i, node in enumerate(bitcoind.nodes, 1):
+        print(f"   node-{i}'s bitcoind: RPC {node.rpc_url}, ZMQ {node.zmq_endpoint}")
+    section = bitcoind.sections(3, poll_seconds=1)
     wire = WireSimulator().start()
     print(f"   the simulated Wire system: burn feed and reports at {wire.url}")
     cluster = DevCluster(
@@ -246,8 +233,7 @@ def main() -> int:
         genesis_txid = bitcoind.call("sendtoaddress", chain["custody_address"], "0.0001")
         print(f"   and 10000 sat to the custody address {chain['custody_address']}:")
         print("   its first output is the genesis of the payout chain every withdrawal extends")
-        bitcoind.call("generatetoaddress", 6, bitcoind.call("getnewaddress"))
-        tip = bitcoind.call("getblockcount")
+        tip = mine(bitcoind, 6)
         seen = wait_for_view(consoles, tip)
         for node_id, view in seen.items():
             print(f"   {node_id}: bitcoind {view['sync']} at {view['view_height']}, "

@@ -170,8 +170,8 @@ class DevNode:
             "hsm": {"module": str(SOFTHSM_MODULE), "token_label": self.node_id},
             "ceremony": {"round_timeout_seconds": self.cluster.round_timeout},
         }
-        if self.cluster.bitcoind is not None:
-            config["bitcoind"] = self.cluster.bitcoind
+        if self.cluster.bitcoind is not None:  # each node follows a bitcoind of its own
+            config["bitcoind"] = self.cluster.bitcoind[self.identifier - 1]
         config["api"] = {
             "socket": str(self.api_socket),
             "socket_group": None,
@@ -317,7 +317,7 @@ class DevCluster:
         threshold: int = 2,
         round_timeout: float = 10.0,
         cluster_id: str = "wire-dev",
-        bitcoind: dict[str, Any] | None = None,
+        bitcoind: list[dict[str, Any]] | None = None,
         api: bool = False,
         session_seconds: float = 900.0,
         auto_attest: bool = False,
@@ -336,7 +336,7 @@ class DevCluster:
         self.root = root
         self.api = api  # also run each node's wire-api (gunicorn) on its own socket
         self.session_seconds = session_seconds
-        self.bitcoind = bitcoind  # the `bitcoind` section of every node's configuration
+        self.bitcoind = bitcoind  # the `bitcoind` section of each node's configuration
         self.threshold = threshold
         self.round_timeout = round_timeout
         self.cluster_id = cluster_id

@@ -45,10 +45,11 @@ class VMConsole(Console):
     code is made and a code of the step before could already be out of the window."""
 
     def code(self, user: str) -> str:
-        while (step := int(time.time() // 30)) <= self.steps.get(user, 0):
+        used = self.authenticator.last_step
+        while (step := int(time.time() // 30)) <= used.get(user, -1):
             time.sleep(1)
-        self.steps[user] = step
-        return str(pyotp.TOTP(self.secrets[user]).at(step * 30))
+        used[user] = step
+        return str(pyotp.TOTP(self.authenticator.seeds[user]).at(step * 30))
 
 
 @dataclass

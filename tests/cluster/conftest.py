@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tools.bitcoind import BitcoinNetwork
 from tools.devcluster import DevCluster, DevNode
 
 Deadline = float
@@ -56,12 +57,24 @@ def journal() -> Journal:
 def make_cluster(tmp_path: Path, journal: Journal) -> Iterator[Callable[..., DevCluster]]:
     made: list[DevCluster] = []
 
-    def make(parties: int = 3, threshold: int = 2, round_timeout: float = 3.0, start: bool = True,
-             faults: dict[int, str] | None = None,
-             bitcoind: dict[str, Any] | None = None, **options: Any) -> DevCluster:  # fmt: skip
+    def make(
+        parties: int = 3,
+        threshold: int = 2,
+        round_timeout: float = 3.0,
+        start: bool = True,
+        faults: dict[int, str] | None = None,
+        bitcoind: BitcoinNetwork | None = None,
+        bitcoind_extra: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> DevCluster:
+        """A cluster of `parties` nodes; with `bitcoind`, each follows a bitcoind of its own
+        in that network (its `bitcoind` section amended by `bitcoind_extra`)."""
+        sections = None
+        if bitcoind is not None:
+            sections = bitcoind.sections(parties, **(bitcoind_extra or {}))
         cluster = DevCluster(
             tmp_path / f"cluster-{len(made)}", parties, threshold, round_timeout,
-            bitcoind=bitcoind, **options,
+            bitcoind=sections, **options,
         )  # fmt: skip
         made.append(cluster)
         cluster.create()

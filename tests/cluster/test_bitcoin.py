@@ -1,5 +1,6 @@
-"""A cluster with bitcoind configured: every node derives the same deposit address on its
-own, reports its bitcoind's state, and signs nothing while its bitcoind is not synced."""
+"""A cluster in which each node follows a bitcoind of its own (Bitcoin Core, peered over P2P
+with a miner): every node derives the same deposit address on its own, reports its
+bitcoind's state, and signs nothing while its bitcoind is not synced, saying why."""
 
 from __future__ import annotations
 
@@ -9,27 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.regtest.harness import RegtestProcess
+from tools.bitcoind import BitcoinNetwork
 from tools.devcluster import DevCluster
 
 from .conftest import on_all, run_dkg
 
 
 @pytest.fixture
-def bitcoind(tmp_path: Path) -> Iterator[RegtestProcess]:
-    with RegtestProcess(tmp_path / "bitcoind") as node:
-        node.call("generatetoaddress", 101, node.call("getnewaddress"))
-        yield node
-
-
-def section(node: RegtestProcess) -> dict[str, object]:
-    return {
-        "network": "regtest",
-        "rpc_url": node.rpc_url,
-        "cookie_file": str(node.cookie_path),
-        "zmq_block": node.zmq_endpoint,
-        "poll_seconds": 0.5,
-    }
+def bitcoind(tmp_path: Path) -> Iterator[BitcoinNetwork]:
+    """A miner at height 101; each cluster made with it gets a bitcoind per node."""
+    with BitcoinNetwork(tmp_path / "bitcoin", nodes=0) as network:
+        yield network
 
 
 def bitcoin_states(cluster: DevCluster, wanted: str, within: float = 15.0) -> list[dict]:
@@ -45,7 +36,7 @@ def bitcoin_states(cluster: DevCluster, wanted: str, within: float = 15.0) -> li
 def test_nodes_agree_on_deposit_addresses_and_stop_signing_when_bitcoind_is_not_synced(
     make_cluster, bitcoind
 ) -> None:
-    cluster = make_cluster(bitcoind=section(bitcoind))
+    cluster = make_cluster(bitcoind=bitcoind)
     assert all(r["state"] == "completed" for r in run_dkg(cluster))
     states = bitcoin_states(cluster, "synced")
     assert [s["sync"] for s in states] == ["synced"] * 3
@@ -56,22 +47,46 @@ def test_nodes_agree_on_deposit_addresses_and_stop_signing_when_bitcoind_is_not_
     address = answers[0]["address"]
     assert address.startswith("bcrt1p")
     bitcoind.call("sendtoaddress", address, "0.5")
-    bitcoind.call("generatetoaddress", 1, bitcoind.call("getnewaddress"))
+    bitcoind.mine(1)
     with pytest.raises(Exception, match="recipient"):
         cluster[1].call("deposit-address", recipient="")
 
-    bitcoind.call("setinitialblockdownload", True)
-    states = bitcoin_states(cluster, "initial-block-download")
-    assert [s["sync"] for s in states] == ["initial-block-download"] * 3
-    assert "initial block download" in cluster[1].call("status")["signing_blocked"]
-    cluster[2].call("test-signing", message="while syncing", coordinate=False)
-    refused = cluster[1].call("test-signing", message="while syncing")
+    # Node 1's bitcoind hears of two blocks by their headers only: behind, it signs nothing.
+    own = bitcoind.nodes[0]
+    own.disconnect(bitcoind.miner)
+    for block_hash in bitcoind.mine(2):
+        own.call("submitheader", bitcoind.miner.call("getblockheader", block_hash, False))
+    assert node_state(cluster, 1, "behind")["reason"] == (
+        "bitcoind has 2 headers it has not validated"
+    )
+    assert "bitcoind is behind" in cluster[1].call("status")["signing_blocked"]
+    cluster[2].call("test-signing", message="while behind", coordinate=False)
+    refused = cluster[1].call("test-signing", message="while behind")
     assert refused["state"] == "failed"
     assert "bitcoind" in refused["reason"]
 
-    bitcoind.call("setinitialblockdownload", False)
+    own.connect(bitcoind.miner)  # it fetches the blocks and is synced again
     assert [s["sync"] for s in bitcoin_states(cluster, "synced")] == ["synced"] * 3
     cluster[2].call("test-signing", message="synced again", coordinate=False)
     assert cluster[1].call("test-signing", message="synced again")["state"] == "completed"
     # Each node's custody output set: the deposit, seen by every node from its own view.
     assert {s["custody_sats"] for s in bitcoin_states(cluster, "synced")} == {50_000_000}
+
+    own.stop()  # stopped: node 1 says so and refuses; the others are untouched
+    state = node_state(cluster, 1, "unreachable")
+    assert state["reason"] == f"bitcoind is not running: it has no cookie at {own.cookie_path}"
+    cluster[2].call("test-signing", message="while stopped", coordinate=False)
+    refused = cluster[1].call("test-signing", message="while stopped")
+    assert refused["state"] == "failed"
+    assert "not running" in refused["reason"]
+    assert [cluster[i].call("status")["bitcoin"]["sync"] for i in (2, 3)] == ["synced"] * 2
+
+
+def node_state(cluster: DevCluster, node: int, wanted: str, within: float = 15.0) -> dict:
+    """Node `node`'s `status.bitcoin` once it reports `wanted` (bounded wait)."""
+    deadline = time.monotonic() + within
+    while True:
+        state = cluster[node].call("status")["bitcoin"]
+        if state["sync"] == wanted or time.monotonic() > deadline:
+            return state
+        time.sleep(0.1)

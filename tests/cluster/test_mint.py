@@ -12,7 +12,7 @@ import pytest
 from appliance.control import EngineError
 from appliance.crashpoint import CRASH_EXIT
 from appliance.wire.attestation import verify
-from tests.cluster.test_bitcoin import bitcoin_states, bitcoind, section
+from tests.cluster.test_bitcoin import bitcoin_states, bitcoind
 from tools.devcluster import DevCluster, wait_until
 
 from .conftest import run_dkg
@@ -29,7 +29,7 @@ def views_at(cluster: DevCluster, height: int, nodes: list[int], within: float =
 
 
 def test_deposits_are_attested_once_after_six_confirmations(make_cluster, bitcoind) -> None:
-    cluster = make_cluster(bitcoind=section(bitcoind))
+    cluster = make_cluster(bitcoind=bitcoind)
     assert all(r["state"] == "completed" for r in run_dkg(cluster))
     bitcoin_states(cluster, "synced")
     group_key = bytes.fromhex(cluster[1].call("key-info")["keys"]["attestation"][0]["group_key"])
@@ -76,7 +76,7 @@ def test_the_lead_attests_by_itself_and_pushes_to_the_wire_system(make_cluster, 
     from tests.wire.simulator import WireSimulator
 
     with WireSimulator() as wire:
-        cluster = make_cluster(bitcoind=section(bitcoind), auto_attest=True,
+        cluster = make_cluster(bitcoind=bitcoind, auto_attest=True,
                                attestation_push_url=f"{wire.url}/attestations")  # fmt: skip
         assert all(r["state"] == "completed" for r in run_dkg(cluster))
         bitcoin_states(cluster, "synced")
@@ -103,7 +103,7 @@ def test_a_crash_at_any_step_attests_each_deposit_exactly_once(
     from tests.wire.simulator import WireSimulator
 
     with WireSimulator() as wire:
-        cluster = make_cluster(bitcoind=section(bitcoind),
+        cluster = make_cluster(bitcoind=bitcoind,
                                attestation_push_url=f"{wire.url}/attestations")  # fmt: skip
         assert all(r["state"] == "completed" for r in run_dkg(cluster))
         bitcoin_states(cluster, "synced")

@@ -6,7 +6,7 @@ rule (`MintLedger`: mint once per network, txid and vout) makes them one mint.""
 from __future__ import annotations
 
 from appliance.wire.attestation import MintLedger
-from tests.cluster.test_bitcoin import bitcoin_states, bitcoind, section
+from tests.cluster.test_bitcoin import bitcoin_states, bitcoind
 
 from .conftest import run_dkg
 from .test_mint import views_at
@@ -15,9 +15,7 @@ __all__ = ["bitcoind"]  # the fixture
 
 
 def test_two_attestations_of_one_deposit_mint_once(make_cluster, bitcoind) -> None:
-    cluster = make_cluster(
-        bitcoind=section(bitcoind), round_timeout=2.0, faults={1: "double-payer"}
-    )
+    cluster = make_cluster(bitcoind=bitcoind, round_timeout=2.0, faults={1: "double-payer"})
     assert all(r["state"] == "completed" for r in run_dkg(cluster))
     bitcoin_states(cluster, "synced")
     for member in cluster.nodes.values():

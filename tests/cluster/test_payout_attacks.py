@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.regtest.harness import RegtestProcess
 from tests.wire.simulator import WireSimulator
+from tools.bitcoind import BitcoinNetwork
 from tools.devcluster import DevCluster, DevNode, wait_until
 
 from .test_payouts import bitcoind, funded_cluster, mine, payments, settle, wire
@@ -34,7 +34,7 @@ def queued_everywhere(cluster: DevCluster, burn_id: str) -> None:
     wait_until(held, 30, f"every node holds burn {burn_id}")
 
 
-def send(node: RegtestProcess, result: dict[str, Any]) -> str | None:
+def send(node: BitcoinNetwork, result: dict[str, Any]) -> str | None:
     """Broadcast a signed transaction as the attacker would; bitcoind's refusal, if any."""
     try:
         node.call("sendrawtransaction", result["transaction"])

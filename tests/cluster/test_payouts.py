@@ -1,5 +1,5 @@
-"""Burn → withdrawal and fee consolidation on a local 2-of-3 cluster following the regtest
-node (every transaction judged by libbitcoinkernel): burns verified by each node, paid in
+"""Burn → withdrawal and fee consolidation on a local 2-of-3 cluster, each node following a
+bitcoind of its own (Bitcoin Core, peered with a miner): burns verified by each node, paid in
 one batched Taproot transaction, followed to six confirmations, replaced when stuck, reported
 to the simulated Wire system; large burns wait for approvals on k nodes; the reservoir is
 swept; and a burn is paid exactly once whatever point the coordinator crashes at."""
@@ -19,9 +19,9 @@ from appliance.control import EngineError
 from appliance.crashpoint import CRASH_EXIT
 from appliance.mesh.envelope import open_envelope
 from appliance.wire.burns import BurnRecord
-from tests.cluster.test_bitcoin import bitcoin_states, bitcoind, section
-from tests.regtest.harness import RegtestProcess
+from tests.cluster.test_bitcoin import bitcoin_states, bitcoind
 from tests.wire.simulator import WireSimulator
+from tools.bitcoind import BitcoinNetwork
 from tools.devcluster import DevCluster, DevNode, wait_until
 
 from .conftest import run_dkg
@@ -40,7 +40,7 @@ def wire() -> Iterator[WireSimulator]:
 
 def funded_cluster(
     make_cluster: Callable[..., DevCluster],
-    node: RegtestProcess,
+    node: BitcoinNetwork,
     wire: WireSimulator,
     deposits: tuple[str, ...] = ("1.0", "1.0"),
     **options: Any,
@@ -53,8 +53,7 @@ def funded_cluster(
         "feed_poll_seconds": 0.5,
         **options.pop("wire", {}),
     }
-    bitcoind_section = {**section(node), **options.pop("bitcoind_extra", {})}
-    cluster = make_cluster(bitcoind=bitcoind_section, wire=wire_section, **options)
+    cluster = make_cluster(bitcoind=node, wire=wire_section, **options)
     assert all(r["state"] == "completed" for r in run_dkg(cluster))
     bitcoin_states(cluster, "synced")
     fund_genesis(cluster, node)
@@ -66,14 +65,15 @@ def funded_cluster(
     return cluster
 
 
-def fund_genesis(cluster: DevCluster, node: RegtestProcess, amount: str = "0.0001") -> str:
+def fund_genesis(cluster: DevCluster, node: BitcoinNetwork, amount: str = "0.0001") -> str:
     """The operators' first payment to the custody address: once it has the confirmations
     deposits need, it is the genesis of the payout chain (every node agrees which)."""
     return str(node.call("sendtoaddress", cluster.custody_address(), amount))
 
 
-def mine(node: RegtestProcess, blocks: int, empty: bool = False) -> int:
-    miner = node.call("getnewaddress")
+def mine(node: BitcoinNetwork, blocks: int, empty: bool = False) -> int:
+    """Mines on the miner (with the nodes' transactions unless `empty`); the new height."""
+    miner = node.mining_address()
     if empty:
         for _ in range(blocks):
             node.call("generateblock", miner, [])
@@ -82,11 +82,11 @@ def mine(node: RegtestProcess, blocks: int, empty: bool = False) -> int:
     return int(node.call("getblockcount"))
 
 
-def settle(cluster: DevCluster, node: RegtestProcess, nodes: list[int] | None = None) -> None:
+def settle(cluster: DevCluster, node: BitcoinNetwork, nodes: list[int] | None = None) -> None:
     views_at(cluster, int(node.call("getblockcount")), nodes or list(cluster.nodes), 30)
 
 
-def payments(node: RegtestProcess, destination: str) -> list[tuple[str, int]]:
+def payments(node: BitcoinNetwork, destination: str) -> list[tuple[str, int]]:
     """Every confirmed output paying `destination` (txid, sat), from the regtest node."""
     paid = []
     for height in range(1, int(node.call("getblockcount")) + 1):
@@ -141,7 +141,8 @@ def test_burns_are_paid_in_one_batched_withdrawal_and_reported(
     assert withdrawal["state"] == "broadcast", withdrawal
     assert withdrawal["payouts"] == 3
     txid = withdrawal["txid"]
-    assert bitcoind.call("getmempoolentry", txid)["bip125-replaceable"] is True
+    sent = bitcoind.nodes[0].call("getrawtransaction", txid, True)  # from node 1's bitcoind
+    assert all(i["sequence"] < 0xFFFFFFFE for i in sent["vin"])  # it signals BIP125
 
     # Asking again pays nothing twice.
     again = cluster[1].call("test-burn")
@@ -166,7 +167,6 @@ def test_burns_are_paid_in_one_batched_withdrawal_and_reported(
 
 
 def test_a_stuck_withdrawal_is_replaced_never_duplicated(make_cluster, bitcoind, wire) -> None:
-    bitcoind.call("setfeeestimate", 0.00002)  # 2 sat/vB
     cluster = funded_cluster(make_cluster, bitcoind, wire,
                              bitcoind_extra={"bump_after_blocks": 2})  # fmt: skip
     destination = bitcoind.call("getnewaddress")
@@ -174,7 +174,6 @@ def test_a_stuck_withdrawal_is_replaced_never_duplicated(make_cluster, bitcoind,
     settle(cluster, bitcoind)
     first = cluster[1].call("test-burn")["withdrawals"][0]
     assert first["state"] == "broadcast", first
-    bitcoind.call("setfeeestimate", 0.0001)  # the market moves: 10 sat/vB
     mine(bitcoind, 2, empty=True)  # blocks without the withdrawal: it is stuck
     settle(cluster, bitcoind)
 

@@ -19,7 +19,7 @@ from hsm.backup import Passphrase, create_backup
 from hsm.config import SOFTHSM_MODULE, HsmConfig, SecretSource
 from hsm.keystore import Keystore
 from hsm.vault import ShareRecord, ShareVault
-from tests.cluster.test_bitcoin import bitcoin_states, bitcoind, section
+from tests.cluster.test_bitcoin import bitcoin_states, bitcoind
 from tools.devcluster import DevCluster, DevNode
 
 from .conftest import run_dkg
@@ -81,7 +81,7 @@ def node_share(
 def test_a_restore_takes_back_only_this_nodes_share_of_its_own_key(
     make_cluster, bitcoind, journal, monkeypatch
 ) -> None:
-    cluster: DevCluster = make_cluster(bitcoind=section(bitcoind))
+    cluster: DevCluster = make_cluster(bitcoind=bitcoind)
     assert all(r["state"] == "completed" for r in run_dkg(cluster))
     cluster.stop([1, 2])
     own_record, own_value = node_share(cluster[1], monkeypatch)
