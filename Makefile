@@ -41,29 +41,39 @@ image-tools: venv
 	@tools/bootstrap $(VENV) requirements-dev.lock $(APT_PACKAGES) $(IMAGE_APT)
 
 # The disk image and the direct-boot artifacts in build/image/. The production profile
-# needs the pinned Bitcoin Core tarball (BITCOIN_TARBALL=path, or the network); PROFILE=test
-# builds without bitcoind (image/README.md).
+# needs the pinned Bitcoin Core tarball (BITCOIN_TARBALL=path, or the network), or binaries
+# given with their hash (BITCOIN_BINARIES=dir BITCOIN_SHA256=hash); PROFILE=test builds
+# without bitcoind (image/README.md).
 image: image-tools
 	image/build --profile $(PROFILE)
 
-# A test-profile image, built afresh, then checked: reproducibility (a second build), unit
-# sandboxing, and one VM booted under QEMU answering over its virtio-serial port. Each
+# The images `make test` builds and boots are of the production profile, carrying the
+# Bitcoin Core build beside the repository (../shared/bitcoin-core: no official release can
+# be fetched on the build machines), checked against this hash, which the manifest records.
+TEST_BITCOIN := BITCOIN_BINARIES=$(abspath ../shared/bitcoin-core) \
+                BITCOIN_SHA256=c742c600536e4a966734846ef0168c222c2340d5d03077a15229dd1d58300216
+
+# A production-profile image, built afresh, then checked: reproducibility (a second build),
+# unit sandboxing, and one VM booted under QEMU answering over its virtio-serial port. Each
 # phase's time is printed (build, second build, boot) and each test's (--durations).
 image-test: image-tools
-	image/build --profile test --no-xz --out build/image-test
-	WIRE_IMAGE=build/image-test $(PY) -m pytest -s -p no:cacheprovider --durations=0 tests/image
+	$(TEST_BITCOIN) image/build --profile production --no-xz --out build/image-test
+	$(TEST_BITCOIN) WIRE_IMAGE=build/image-test $(PY) -m pytest -s -p no:cacheprovider \
+	    --durations=0 tests/image
 
-# Three VMs of the test image on a private network (a network namespace of their own), driven
+# Three VMs of the image image-test built, on a private network (a network namespace of their own), driven
 # through their APIs as three operator organisations would (qemu/README.md); `make test`
 # runs it on the image image-test built. Phase times are printed ([cluster] lines).
 cluster-test: image-tools
-	test -f build/image-test/disk.raw || image/build --profile test --no-xz --out build/image-test
+	test -f build/image-test/disk.raw || \
+	    $(TEST_BITCOIN) image/build --profile production --no-xz --out build/image-test
 	WIRE_IMAGE=build/image-test qemu/netns $(PY) -m pytest -s -p no:cacheprovider \
 	    --durations=0 tests/appliance_cluster
 
 # The same three VMs to try by hand: up until cluster-down (qemu/README.md).
 cluster-up: image-tools
-	test -f build/image-test/disk.raw || image/build --profile test --no-xz --out build/image-test
+	test -f build/image-test/disk.raw || \
+	    $(TEST_BITCOIN) image/build --profile production --no-xz --out build/image-test
 	qemu/up build/image-test build/cluster
 
 cluster-down:

@@ -118,10 +118,12 @@ def bitcoind_argv(config: NodeConfig, datadir: Path, salt: str) -> list[str]:
                               f"not on {host}")  # fmt: skip
     return [
         "/usr/bin/bitcoind", f"-datadir={datadir}", f"-chain={CHAINS[chain.network]}",
-        "-server=1", "-disablewallet=1", "-printtoconsole=1",
+        "-server=1", "-disablewallet=1", "-printtoconsole=1", "-listen=1",
         f"-rpcauth={chain.rpc_user}:{salt}${digest}", "-rpcbind=127.0.0.1",
         "-rpcallowip=127.0.0.1", f"-rpcport={url.port or 8332}",
-        f"-zmqpubhashblock={chain.zmq_block}",
+        f"-zmqpubhashblock={chain.zmq_block}", f"-zmqpubrawblock={chain.zmq_block}",
+        f"-prune={chain.prune_mib}",
+        *(f"-addnode={peer}" for peer in chain.peers),
     ]  # fmt: skip
 
 

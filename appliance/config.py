@@ -76,6 +76,10 @@ class BitcoinConfig:
     fee_ceiling_sat_vb: float
     bump_after_blocks: int
     rpc_timeout_seconds: float = 10.0  # a bitcoind that answers nothing this long is hung
+    # The image's own bitcoind (production profile): P2P peers it keeps connections to
+    # (besides those it finds itself), and its pruning target (MiB of blocks; 0: no pruning).
+    peers: tuple[str, ...] = ()
+    prune_mib: int = 0
     rpc_password: SecretSource = field(
         default_factory=lambda: SecretSource(
             "bitcoind-rpc-password", environment="WIRE_MPC_BITCOIND_RPC_PASSWORD"
@@ -686,12 +690,18 @@ def _bitcoin(fields: StrictObject) -> BitcoinConfig:
         fee_ceiling_sat_vb=fields.take("fee_ceiling_sat_vb", _number, 500.0),
         bump_after_blocks=fields.take("bump_after_blocks", count(1, 1000), 3),
         rpc_timeout_seconds=fields.take("rpc_timeout_seconds", _number, 10.0),
+        peers=tuple(fields.take("peers", as_list(_address, 16), [])),
+        prune_mib=fields.take("prune_mib", count(0, 10**9), 0),
     )
     fields.done()
     if config.fork_confirmations < config.normal_confirmations:
         raise ConfigError("bitcoind.fork_confirmations: must not be below normal_confirmations")
     if config.fee_ceiling_sat_vb < config.fee_floor_sat_vb:
         raise ConfigError("bitcoind.fee_ceiling_sat_vb: must not be below fee_floor_sat_vb")
+    if 0 < config.prune_mib < 550:
+        raise ConfigError(
+            "bitcoind.prune_mib: 0 (no pruning) or at least 550, Bitcoin Core's least"
+        )
     return config
 
 

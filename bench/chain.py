@@ -7,7 +7,8 @@
 - withdrawals: a 100-input, 100-output withdrawal built and sighashed, against embit
   computing the same BIP341 sighashes. Medians; writes JSON.
 
-The blocks are mined by the regtest node of the tests, which has the kernel judge each.
+The blocks are mined by Bitcoin Core's bitcoind on regtest (`generateblock` with the
+bench's own signed spends), which validates each before the bench reads them back.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ from appliance.chain.withdrawal import Payout, Spendable, build_withdrawal
 from appliance.frost import SECP256K1_TR, trusted_dealer_keygen
 from appliance.store import ChainRecords, Store
 from tests.chain.helpers import CONFIG, Audit
-from tests.regtest.harness import RegtestProcess
 from tests.regtest.kernel import ConsensusKernel
 from tests.regtest.validation import Coin
 from tests.regtest.wallet import TaprootKey, sign_key_path
+from tools.bitcoind import Bitcoind
 
 TRANSACTIONS = 2000
 BLOCKS = 5
@@ -68,7 +69,7 @@ def signed_spend(
     return tx.serialize().hex()
 
 
-def mine_full_blocks(node: RegtestProcess, watched: list[bytes]) -> list[int]:
+def mine_full_blocks(node: Bitcoind, watched: list[bytes]) -> list[int]:
     """BLOCKS blocks of TRANSACTIONS spends each; returns their heights."""
     key = TaprootKey.generate()
     miner = node.call("getnewaddress")
@@ -94,7 +95,7 @@ def mine_full_blocks(node: RegtestProcess, watched: list[bytes]) -> list[int]:
     return heights
 
 
-def raw_chain(node: RegtestProcess) -> list[RawBlock]:
+def raw_chain(node: Bitcoind) -> list[RawBlock]:
     chain = []
     for height in range(node.call("getblockcount") + 1):
         block_hash = node.call("getblockhash", height)
@@ -204,7 +205,8 @@ def main() -> None:
     watched = [key.deposit(f"wire:recipient-{i}").script for i in range(RECIPIENTS)]
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        with RegtestProcess(root / "bitcoind") as node:
+        with Bitcoind(root / "bitcoind", wallet=True) as node:
+            bitcoind_version = node.call("getnetworkinfo")["subversion"]
             heights = mine_full_blocks(node, watched)
             chain = raw_chain(node)
         scanning = scan_rates(chain, heights, key, root)
@@ -213,6 +215,7 @@ def main() -> None:
         "withdrawal": withdrawal_times(key),
         "versions": {
             "py-bitcoinkernel": metadata.version("py-bitcoinkernel"),
+            "bitcoind": bitcoind_version,
             "embit": metadata.version("embit"),
             "python": sys.version.split()[0],
         },

@@ -29,7 +29,11 @@ def main() -> None:
     p.add_argument("--commit", required=True)
     p.add_argument("--dirty", choices=("true", "false"), required=True)
     p.add_argument("--mirror", required=True)
-    p.add_argument("--bitcoind", required=True, help="JSON: the pinned version or null")
+    p.add_argument(
+        "--bitcoind",
+        required=True,
+        help="JSON: where bitcoind came from, its version and hash; or null",
+    )
     p.add_argument("--output", type=Path, required=True)
     args = p.parse_args()
 

@@ -8,8 +8,10 @@ sets it up and runs the caller in it), so nothing touches the host's network:
   address on eth0 comes from `network.static` of its configuration), the mesh runs on it,
   and each node's firewall admits the mesh port from the other nodes' addresses only;
 - each VM's second NIC is QEMU user-mode networking, through which the VM reaches the
-  namespace's loopback as 10.0.2.2: the regtest node (RPC and ZMQ) and the simulated Wire
-  system listen there, on loopback only.
+  namespace's loopback as 10.0.2.2: the miner (a bitcoind with a wallet, which funds and
+  mines) and the simulated Wire system listen there, on loopback only. Each VM runs its own
+  bitcoind (the production image's), which keeps a P2P connection to the miner; its engine
+  talks to that bitcoind alone, over the VM's loopback.
 
 Bringing a cluster up is the runbook's preparation phase: every node boots once with a
 configuration in which no identity key is known yet, its HSM makes its identity key and its
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qemu.site import NodeSite, credentials, node_config
+from qemu.site import NodeSite, credentials, local_bitcoind, node_config
 from qemu.vm import VM, Image
 
 GATEWAY = "10.0.2.2"  # the namespace's loopback, as a VM's user-mode NIC sees it
@@ -43,7 +45,7 @@ def reachable(url: str) -> str:
 class Cluster:
     image: Image
     workdir: Path
-    bitcoind: dict[str, Any]  # the regtest node: rpc_url, zmq_block, rpc_user, password
+    miner: str  # the miner's P2P address on the namespace's loopback (host:port)
     wire: dict[str, Any] = field(default_factory=dict)
     parties: int = 3
     threshold: int = 2
@@ -58,17 +60,9 @@ class Cluster:
         if not self.nodes:
             self.nodes = [NodeSite(f"node-{i}", i, f"10.0.0.{10 + i}")
                           for i in range(1, self.parties + 1)]  # fmt: skip
-            for node in self.nodes:
-                node.rpc_password = self.bitcoind["rpc_password"]
 
     def config(self, node: NodeSite) -> dict[str, Any]:
-        chain = {
-            "network": "regtest",
-            "rpc_url": reachable(self.bitcoind["rpc_url"]),
-            "rpc_user": self.bitcoind["rpc_user"],
-            "zmq_block": reachable(self.bitcoind["zmq_block"]),
-            "poll_seconds": 2,
-        }
+        chain = local_bitcoind(peers=[reachable(self.miner)])
         wire = {key: reachable(value) if isinstance(value, str) else value
                 for key, value in self.wire.items()}  # fmt: skip
         # eth0 (the multicast socket) is static; eth1 (user-mode) asks QEMU's DHCP.
@@ -135,7 +129,7 @@ class Cluster:
                        else None}
                 for name, vm in self.vms.items()
             },
-            "bitcoind": {k: v for k, v in self.bitcoind.items() if k != "rpc_password"},
+            "miner_p2p": self.miner,
             "timings": self.timings,
         }  # fmt: skip
         (self.workdir / "cluster.json").write_text(json.dumps(state, indent=1) + "\n")

@@ -1,10 +1,11 @@
 """`make cluster-up`: a three-node appliance cluster to try by hand, running until
 `make cluster-down`.
 
-Runs in the network namespace `wire-mpc` (see `qemu/netns`): the regtest node (101 blocks
-mined), the simulated Wire system and three VMs of the test image. When every node's API
-answers, it writes `cluster.json` (API sockets, console logs, QMP sockets, the regtest
-node's RPC) into the work directory, prints it, and waits for SIGTERM, which stops it all.
+Runs in the network namespace `wire-mpc` (see `qemu/netns`): the miner (Bitcoin Core on
+regtest with a wallet, 101 blocks mined), the simulated Wire system and three VMs of the
+image, each running its own bitcoind peered with the miner. When every node's API answers,
+it writes `cluster.json` (API sockets, console logs, QMP sockets, the miner's RPC and
+cookie) into the work directory, prints it, and waits for SIGTERM, which stops it all.
 
     python -m qemu.clusterd --image build/image-test --workdir build/cluster
 """
@@ -20,8 +21,8 @@ from pathlib import Path
 
 from qemu.cluster import Cluster
 from qemu.vm import Image, accelerator
-from tests.regtest.harness import RegtestProcess
 from tests.wire.simulator import WireSimulator
+from tools.bitcoind import Bitcoind
 
 
 def main() -> int:
@@ -37,14 +38,12 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    bitcoind = RegtestProcess(workdir / "bitcoind")
-    bitcoind.start()
-    bitcoind.call("generatetoaddress", 101, bitcoind.call("getnewaddress"))
+    miner = Bitcoind(workdir / "miner", wallet=True, extra_args=["-txindex"])
+    miner.start()
+    miner.call("generatetoaddress", 101, miner.call("getnewaddress"))
     wire = WireSimulator().start()
     cluster = Cluster(
-        image, workdir,
-        bitcoind={"rpc_url": bitcoind.rpc_url, "zmq_block": bitcoind.zmq_endpoint,
-                  "rpc_user": bitcoind.rpc_user, "rpc_password": bitcoind.rpc_password},
+        image, workdir, miner=miner.p2p_address,
         wire={"burn_feed_url": wire.url, "burn_authority_key": wire.authority_key.hex(),
               "paid_report_url": f"{wire.url}/paid", "feed_poll_seconds": 2},
         accel=accelerator(image.kernel),
@@ -52,8 +51,8 @@ def main() -> int:
     try:
         cluster.up()
         state = json.loads((workdir / "cluster.json").read_text())
-        state["bitcoind"]["rpc_password_file"] = str(workdir / "bitcoind" / "rpc-password")
-        (workdir / "bitcoind" / "rpc-password").write_text(bitcoind.rpc_password + "\n")
+        state["miner"] = {"rpc_url": miner.rpc_url, "cookie_file": str(miner.cookie_path),
+                          "wallet": "miner"}  # fmt: skip
         state["wire_simulator"] = wire.url
         (workdir / "cluster.json").write_text(json.dumps(state, indent=1) + "\n")
         print(json.dumps(state, indent=1), flush=True)
@@ -65,7 +64,7 @@ def main() -> int:
     finally:
         cluster.stop()
         wire.stop()
-        bitcoind.stop()
+        miner.stop()
 
 
 if __name__ == "__main__":

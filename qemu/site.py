@@ -61,6 +61,20 @@ class NodeSite:
         }
 
 
+def local_bitcoind(peers: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The `bitcoind` section of a production image's node: its own bitcoind on regtest
+    (RPC and ZMQ on the VM's loopback; the RPC password is the node's credential), keeping
+    P2P connections to `peers`."""
+    return {
+        "network": "regtest",
+        "rpc_url": "http://127.0.0.1:18443",
+        "rpc_user": "wire",
+        "zmq_block": "tcp://127.0.0.1:28332",
+        "peers": list(peers),
+        "poll_seconds": 2,
+    }
+
+
 def node_config(cluster_id: str, threshold: int, me: NodeSite, nodes: list[NodeSite],
                 **sections: Any) -> dict[str, Any]:  # fmt: skip
     config: dict[str, Any] = {

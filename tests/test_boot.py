@@ -39,6 +39,20 @@ def test_bitcoind_gets_an_rpcauth_hash_never_the_password(monkeypatch) -> None:
     assert f"-rpcauth=wire:00ff${digest}" in argv
     assert not any("correct horse" in a for a in argv)
     assert "-zmqpubhashblock=tcp://127.0.0.1:28332" in argv
+    assert "-zmqpubrawblock=tcp://127.0.0.1:28332" in argv
+    assert "-prune=0" in argv
+
+
+def test_bitcoind_keeps_its_configured_peers_and_prunes_as_told(monkeypatch) -> None:
+    monkeypatch.setenv("WIRE_MPC_BITCOIND_RPC_PASSWORD", "x")
+    config = parse_config(chain(peers=["10.0.2.2:18444", "node.example:8333"], prune_mib=550))
+    argv = bitcoind_argv(config, Path("/var/lib/bitcoind"), "00")
+    assert "-addnode=10.0.2.2:18444" in argv
+    assert "-addnode=node.example:8333" in argv
+    assert "-prune=550" in argv
+    for bad, message in (({"prune_mib": 100}, "prune_mib"), ({"peers": ["nohost"]}, "peers")):
+        with pytest.raises(ConfigError, match=message):
+            parse_config(chain(**bad))
 
 
 def test_bitcoind_listens_on_loopback_only(monkeypatch) -> None:

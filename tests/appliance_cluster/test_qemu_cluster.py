@@ -1,10 +1,12 @@
 """Three VMs of the appliance image, driven only through each node's control API with
 `mpc_operator`, as the three operator organisations would (`make cluster-test`).
 
-Runs inside a private network namespace (`qemu/netns`): the VMs' mesh network, the regtest
-node and the simulated Wire system are all in it. The tests run in file order, one
-cluster for all of them (Patroni-style: real nodes, bounded polling). Times of each phase
-are printed (-s) and written to `$WIRE_IMAGE/cluster/report.json`.
+Runs inside a private network namespace (`qemu/netns`): the VMs' mesh network, the miner
+(Bitcoin Core with a wallet, which funds and mines) and the simulated Wire system are all in
+it. Each VM runs the production image's own bitcoind, peered over P2P with the miner. The
+tests run in file order, one cluster for all of them (Patroni-style: real nodes, bounded
+polling). Times of each phase are printed (-s) and written to
+`$WIRE_IMAGE/cluster/report.json`.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from appliance.sealing import SEALING_INTERVAL
 from qemu.cluster import Cluster
 from qemu.vm import Image, accelerator
-from tests.regtest.harness import RegtestProcess
 from tests.wire.simulator import WireSimulator
-from tools.demo import Console, confirmed_everywhere, mine
+from tools.bitcoind import Bitcoind
+from tools.demo import Console, confirmed_everywhere
 from tools.devcluster import wait_until
 
 pytestmark = pytest.mark.timeout(2400)
@@ -55,11 +57,17 @@ class VMConsole(Console):
 @dataclass
 class Appliances:
     cluster: Cluster
-    bitcoind: RegtestProcess
+    bitcoind: Bitcoind  # the miner
     wire: WireSimulator
     consoles: list[Console]
     report: dict[str, Any]
     keys: dict[str, str]
+
+
+def mine(miner: Bitcoind, blocks: int) -> int:
+    """Mines on the miner; the new height (the VMs' bitcoinds get the blocks over P2P)."""
+    miner.call("generatetoaddress", blocks, miner.call("getnewaddress"))
+    return int(miner.call("getblockcount"))
 
 
 def phase(report: dict[str, Any], name: str, started: float) -> None:
@@ -75,14 +83,12 @@ def appliances(tmp_path_factory: pytest.TempPathFactory) -> Any:
         pytest.fail(str(exc))
     root = tmp_path_factory.mktemp("appliances")
     report: dict[str, Any] = {}
-    bitcoind = RegtestProcess(root / "bitcoind")
+    bitcoind = Bitcoind(root / "miner", wallet=True, extra_args=["-txindex"])
     bitcoind.start()
     mine(bitcoind, 101)
     wire = WireSimulator().start()
     cluster = Cluster(
-        image, image.directory / "cluster",
-        bitcoind={"rpc_url": bitcoind.rpc_url, "zmq_block": bitcoind.zmq_endpoint,
-                  "rpc_user": bitcoind.rpc_user, "rpc_password": bitcoind.rpc_password},
+        image, image.directory / "cluster", miner=bitcoind.p2p_address,
         wire={"burn_feed_url": wire.url, "burn_authority_key": wire.authority_key.hex(),
               "paid_report_url": f"{wire.url}/paid", "feed_poll_seconds": 2, "auto_pay": False,
               "auto_attest": False},
@@ -172,7 +178,9 @@ def pay_one_burn(appliances: Appliances, burn_id: str, consoles: list[Console]) 
     phase(appliances.report, f"withdrawal_{burn_id}_s", started)
     (withdrawal,) = paid["withdrawals"]
     txid = withdrawal["txid"]
-    assert bitcoind.call("getrawtransaction", txid, 1)["txid"] == txid  # in the mempool
+    # Broadcast to node 1's own bitcoind, it reaches the miner over P2P.
+    wait_until(lambda: txid in bitcoind.call("getrawmempool"), within=120, pause=1,
+               what="the withdrawal relayed from node 1's bitcoind to the miner")  # fmt: skip
     tip = mine(bitcoind, 6)
     wait_until(lambda: all(c.run("status")["bitcoin"]["view_height"] == tip for c in consoles),
                within=300, pause=3, what="every running node saw six confirmations")  # fmt: skip
@@ -226,7 +234,29 @@ def test_5_a_powered_off_node_does_not_stop_payouts(appliances: Appliances) -> N
                pause=3, what="node-3 caught up with the chain")  # fmt: skip
 
 
-def test_6_every_journal_holds_the_audit_trail_and_its_seals_verify(
+def test_6_a_reorg_on_the_miner_reaches_every_node_over_p2p(appliances: Appliances) -> None:
+    """The miner replaces its tip by a longer branch; each VM's bitcoind follows it over P2P
+    and each engine, from its own bitcoind, asks twelve confirmations of deposits now."""
+    consoles, miner = appliances.consoles, appliances.bitcoind
+    assert {c.run("status")["bitcoin"]["required_confirmations"] for c in consoles} == {6}
+    old_tip = miner.call("getbestblockhash")
+    miner.call("invalidateblock", old_tip)
+    address = miner.call("getnewaddress")
+    for _ in range(2):
+        miner.call("generateblock", address, [])
+    tip = int(miner.call("getblockcount"))
+    best = miner.call("getbestblockhash")
+    started = time.monotonic()
+    wait_until(lambda: all(c.run("status")["bitcoin"]["view_height"] == tip for c in consoles),
+               within=300, pause=3, what="every node followed the reorg")  # fmt: skip
+    phase(appliances.report, "reorg_reached_every_node_s", started)
+    for console in consoles:
+        bitcoin = console.run("status")["bitcoin"]
+        assert bitcoin["view_tip"] == best, bitcoin
+        assert bitcoin["required_confirmations"] == 12, bitcoin
+
+
+def test_7_every_journal_holds_the_audit_trail_and_its_seals_verify(
     appliances: Appliances, tmp_path: Path
 ) -> None:
     # What every node must have recorded of all of the above (node-1 coordinated the mint).

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 import pyotp
 import pytest
 
-from qemu.site import NodeSite, credentials, node_config
+from qemu.site import NodeSite, credentials, local_bitcoind, node_config
 from qemu.vm import READY_LINE, VM, Image, accelerator
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,6 +82,15 @@ def test_artifacts_and_size(image: Image, report: dict[str, Any]) -> None:
     manifest = json.loads((image.directory / "manifest.json").read_text())
     assert manifest["profile"] in ("production", "test")
     assert any(w["file"].startswith("wire_mpc-") for w in manifest["wheels"])
+    if manifest["profile"] == "production":  # where its bitcoind came from, and its hash
+        source = manifest["bitcoind"]
+        if "bitcoind_sha256" in source:  # given binaries: the hash of the one carried
+            carried = sha256(image.directory / "tree" / "usr" / "bin" / "bitcoind")
+            assert source["bitcoind_sha256"] == carried
+        else:  # the official release: the pinned tarball's hash
+            pin = (REPO / "image" / "bitcoind.pin").read_text()
+            assert f"sha256={source['tarball_sha256']}" in pin
+        print(f"image: bitcoind {source['version']} from {source['source']}")
 
 
 def first_differences(left: Path, right: Path, limit: int = 20) -> list[str]:
@@ -128,12 +137,15 @@ def exposure(tree: Path, unit: str) -> float:
 
 def test_units_are_sandboxed(image: Image, report: dict[str, Any]) -> None:
     tree = image.directory / "tree"
-    scores = {u: exposure(tree, f"{u}.service")
-              for u in ("wire-mpcd", "wire-api", "wire-api-serial", "wire-provision")}  # fmt: skip
+    units = ["wire-mpcd", "wire-api", "wire-api-serial", "wire-provision"]
+    if (tree / "usr" / "lib" / "systemd" / "system" / "bitcoind.service").exists():
+        units.append("bitcoind")  # the production profile's
+    scores = {u: exposure(tree, f"{u}.service") for u in units}
     report["systemd_analyze_security"] = scores
     print(f"\nsystemd-analyze security: {scores}")
     assert scores["wire-mpcd"] <= EXPOSURE_TARGET
     assert scores["wire-api"] <= EXPOSURE_TARGET
+    assert scores.get("bitcoind", 0.0) <= EXPOSURE_TARGET
 
 
 class Operator:
@@ -169,7 +181,9 @@ class Operator:
 def test_boots_and_answers_status(image: Image, report: dict[str, Any], tmp_path: Path) -> None:
     me = NodeSite("node-1", 1, "10.0.2.15")
     other = NodeSite("node-2", 2, "10.0.2.16")
-    config = node_config("image-test", 2, me, [me, other])
+    production = json.loads((image.directory / "manifest.json").read_text())["profile"]
+    sections = {"bitcoind": local_bitcoind()} if production == "production" else {}
+    config = node_config("image-test", 2, me, [me, other], **sections)
     accel = accelerator(image.kernel)
     workdir = image.directory / "vms"
     vm = VM(image, workdir, "node-1", credentials(me, config), cpus=2, accel=accel)
@@ -184,6 +198,13 @@ def test_boots_and_answers_status(image: Image, report: dict[str, Any], tmp_path
         operator.enrol_admin()
         status = operator.run("status")
         assert status["node_id"] == "node-1"
+        if sections:  # the VM's own bitcoind answers: a new chain, in initial block download
+            bitcoin = wait_for(
+                lambda: operator.run("status")["bitcoin"],
+                lambda b: b["sync"] == "initial-block-download",
+                within=300,
+            )
+            assert bitcoin["sync"] == "initial-block-download", bitcoin
         key = operator.run("key-info")["identity_public_key"]
         console = vm.console_log.read_text(errors="replace")
         assert f"wire-mpc node node-1: identity public key {key}" in console
@@ -233,12 +254,47 @@ def test_a_flipped_byte_in_the_root_stops_the_boot(image: Image, report: dict[st
         vm.stop()
 
 
+def wait_for(read: Any, done: Any, within: float) -> Any:
+    """`read()` once `done` holds of it, or its last value after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        value = read()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(3)
+
+
+def without_bitcoin(environment: Any) -> dict[str, str]:
+    """The environment without the BITCOIN_* settings `make image-test` runs with."""
+    return {k: v for k, v in environment.items() if not k.startswith("BITCOIN_")}
+
+
+def test_given_bitcoin_binaries_need_the_hash_they_were_given_with(tmp_path: Path) -> None:
+    given = tmp_path / "bin"
+    given.mkdir()
+    (given / "bitcoind").write_bytes(b"not the bitcoind the hash names")
+    (given / "bitcoin-cli").write_bytes(b"")
+    for env, complaint in (
+        ({}, "needs BITCOIN_SHA256"),
+        ({"BITCOIN_SHA256": "00" * 32}, "refused"),
+    ):
+        build = [str(REPO / "image" / "build"), "--profile", "production"]
+        done = subprocess.run(
+            [*build, "--out", str(tmp_path / "out")],
+            env={**without_bitcoin(os.environ), "BITCOIN_BINARIES": str(given), **env},
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 1
+        assert complaint in done.stderr
+        assert not (tmp_path / "out" / "disk.raw").exists()
+
+
 def test_the_production_profile_refuses_any_but_the_pinned_bitcoin_core(tmp_path: Path) -> None:
     fake = tmp_path / "bitcoin-28.1-x86_64-linux-gnu.tar.gz"
     fake.write_bytes(b"not Bitcoin Core")
     done = subprocess.run(
         [str(REPO / "image" / "build"), "--profile", "production", "--out", str(tmp_path / "out")],
-        env={**os.environ, "BITCOIN_TARBALL": str(fake)},
+        env={**without_bitcoin(os.environ), "BITCOIN_TARBALL": str(fake)},
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 1

@@ -1,2 +1,2 @@
-"""A bitcoind -regtest look-alike for tests: bitcoind's RPC and ZMQ interface over a node whose
-every block and script libbitcoinkernel judges (run it with `python -m tests.regtest`)."""
+"""Bitcoin helpers that bitcoind does not offer: libbitcoinkernel as an in-process judge, and
+Taproot key-path signing of spends the caller builds (README.md)."""
