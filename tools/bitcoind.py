@@ -387,6 +387,10 @@ class Bitcoind:
 
         wait_until(apart, 30, f"P2P to {other.datadir.name} closed")
 
+    def _linked_with(self, other: Bitcoind) -> bool:
+        """Whether a connection between the two exists, opened by either."""
+        return self._peers_with(other) or other._peers_with(self)
+
     def _peers_with(self, other: Bitcoind) -> bool:
         """Whether this node has a connection to `other` it opened (handshake done)."""
         return any(
@@ -399,7 +403,8 @@ class Bitcoind:
 
 
 class BitcoinNetwork:
-    """A miner with a wallet and one bitcoind per signing node, all peered on loopback.
+    """A miner with a wallet and one bitcoind per signing node, each node peered with the
+    miner and with every other node on loopback, as in production.
 
     Calls go to the miner (its wallet funds deposits; `-txindex` lets it look up any
     transaction). A mining call first hands the miner every transaction the nodes hold, and
@@ -429,13 +434,27 @@ class BitcoinNetwork:
             raise
 
     def grow(self, count: int) -> None:
-        """Starts node bitcoinds until there are `count`, each peered with the miner."""
+        """Starts node bitcoinds until there are `count`, each peered with the miner and
+        the nodes before it."""
         while len(self.nodes) < count:
             node = Bitcoind(self.root / f"node-{len(self.nodes) + 1}", binary=self.binary)
+            earlier = list(self.nodes)
             self.nodes.append(node)
             node.start()
-            node.connect(self.miner)
+            for peer in [self.miner, *earlier]:
+                node.connect(peer)
         self.sync_blocks()
+
+    def isolate(self, node: Bitcoind) -> None:
+        """Cuts every P2P connection of `node` (it hears of nothing until it rejoins)."""
+        for peer in [self.miner, *self.nodes]:
+            if peer is not node and peer.running:
+                node.disconnect(peer)
+
+    def rejoin(self, node: Bitcoind) -> None:
+        for peer in [self.miner, *self.nodes]:
+            if peer is not node and peer.running:
+                node.connect(peer)
 
     def sections(self, count: int, **overrides: Any) -> list[dict[str, Any]]:
         """The `bitcoind` sections of `count` engines, each following a bitcoind of its own."""
@@ -505,8 +524,8 @@ class BitcoinNetwork:
                         held.add(txid)
 
     def following(self) -> list[Bitcoind]:
-        """The node bitcoinds running and peered with the miner."""
-        return [n for n in self.nodes if n.running and n._peers_with(self.miner)]
+        """The node bitcoinds running and peered with the miner (not isolated)."""
+        return [n for n in self.nodes if n.running and n._linked_with(self.miner)]
 
 
 def _knows(node: Bitcoind, block_hash: str) -> bool:

@@ -335,7 +335,7 @@ def test_bitcoind_states_that_stop_signing(tmp_path, custody) -> None:
             bitcoin.mine(1)
             assert (await watcher.sync_once()).synced
 
-            node.disconnect(miner)  # the node hears of 50 blocks by their headers only
+            network.isolate(node)  # the node hears of 50 blocks by their headers only
             hashes = miner.call("generatetoaddress", 50, network.mining_address())
             for block_hash in hashes:
                 node.call("submitheader", miner.call("getblockheader", block_hash, False))
@@ -344,7 +344,7 @@ def test_bitcoind_states_that_stop_signing(tmp_path, custody) -> None:
                 "behind",
                 "bitcoind has 50 headers it has not validated",
             )
-            node.connect(miner)
+            network.rejoin(node)
             network.sync_blocks()
             assert (await watcher.sync_once()).synced
             assert bitcoin.view.required_confirmations() == 6  # headers ahead are no fork

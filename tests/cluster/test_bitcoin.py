@@ -53,7 +53,7 @@ def test_nodes_agree_on_deposit_addresses_and_stop_signing_when_bitcoind_is_not_
 
     # Node 1's bitcoind hears of two blocks by their headers only: behind, it signs nothing.
     own = bitcoind.nodes[0]
-    own.disconnect(bitcoind.miner)
+    bitcoind.isolate(own)
     for block_hash in bitcoind.mine(2):
         own.call("submitheader", bitcoind.miner.call("getblockheader", block_hash, False))
     assert node_state(cluster, 1, "behind")["reason"] == (
@@ -65,7 +65,7 @@ def test_nodes_agree_on_deposit_addresses_and_stop_signing_when_bitcoind_is_not_
     assert refused["state"] == "failed"
     assert "bitcoind" in refused["reason"]
 
-    own.connect(bitcoind.miner)  # it fetches the blocks and is synced again
+    bitcoind.rejoin(own)  # it fetches the blocks and is synced again
     assert [s["sync"] for s in bitcoin_states(cluster, "synced")] == ["synced"] * 3
     cluster[2].call("test-signing", message="synced again", coordinate=False)
     assert cluster[1].call("test-signing", message="synced again")["state"] == "completed"
