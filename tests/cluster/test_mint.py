@@ -1,6 +1,6 @@
-"""Deposit → mint attestation on a local cluster following the regtest node: attested only
-once the nodes' own views count the confirmations, exactly once, in sequence, and each
-attestation verifies as plain Ed25519 under the attestation group key."""
+"""Deposit → mint attestation on a local cluster, each node following its own bitcoind:
+attested only once the nodes' own views count the confirmations, exactly once, in sequence,
+and each attestation verifies as plain Ed25519 under the attestation group key."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""A malicious coordinator (with its colluders: t-1 nodes in all) against the honest nodes of
-a local cluster following the regtest node: it shows different withdrawals of one burn to
-different honest nodes, withholds and races what it got signed, replays paid burns, spends
-old or unconfirmed main outputs, and lies about the burn ids of payout transactions. The
-chain shows each burn paid at most once; honest nodes name the liar and keep paying."""
+"""A malicious coordinator (with its colluders: t-1 nodes in all) against the honest nodes of a
+local cluster (each node following its own bitcoind): it shows different withdrawals of one
+burn to different honest nodes, withholds and races what it got signed, replays paid burns,
+spends old or unconfirmed main outputs, and lies about the burn ids of payout transactions.
+The chain shows each burn paid at most once; honest nodes name the liar and keep paying."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def send(node: BitcoinNetwork, result: dict[str, Any]) -> str | None:
     """Broadcast a signed transaction as the attacker would; bitcoind's refusal, if any."""
     try:
         node.call("sendrawtransaction", result["transaction"])
-    except Exception as exc:  # the regtest node's typed refusal; its text is what matters
+    except Exception as exc:  # bitcoind's refusal; its text is what matters
         return str(exc)
     return None
 

@@ -87,7 +87,7 @@ def settle(cluster: DevCluster, node: BitcoinNetwork, nodes: list[int] | None = 
 
 
 def payments(node: BitcoinNetwork, destination: str) -> list[tuple[str, int]]:
-    """Every confirmed output paying `destination` (txid, sat), from the regtest node."""
+    """Every confirmed output paying `destination` (txid, sat), from the miner's chain."""
     paid = []
     for height in range(1, int(node.call("getblockcount")) + 1):
         block = node.call("getblock", node.call("getblockhash", height), 2)
