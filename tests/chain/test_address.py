@@ -91,3 +91,28 @@ def test_programs_that_look_like_hex_text_keep_their_bytes(program: bytes) -> No
         for network in ("mainnet", "regtest"):
             address = address_of_script(script, network)
             assert script_of_address(address, network) == script
+
+
+@pytest.mark.parametrize(
+    ("version", "kind"),
+    [(b"\x00", "p2pkh"), (b"\x05", "p2sh"), (b"\x6f", "p2pkh"), (b"\xc4", "p2sh")],
+)
+def test_base58_addresses_by_their_version_byte(version: bytes, kind: str) -> None:
+    """Legacy and P2SH addresses carry only a version byte: mainnet's, or the one testnet,
+    testnet4, signet and regtest share (Bitcoin Core hands the latter out on all four)."""
+    from bitcoinlib.encoding import pubkeyhash_to_addr_base58
+
+    program = bytes(range(20))
+    address = pubkeyhash_to_addr_base58(program, prefix=version)
+    script = (
+        b"\x76\xa9\x14" + program + b"\x88\xac"
+        if kind == "p2pkh"
+        else b"\xa9\x14" + program + b"\x87"
+    )
+    mainnet = version in (b"\x00", b"\x05")
+    for network in ("mainnet", "testnet", "signet", "regtest"):
+        if (network == "mainnet") == mainnet:
+            assert script_of_address(address, network) == script
+        else:
+            with pytest.raises(AddressError):
+                script_of_address(address, network)
