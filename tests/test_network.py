@@ -248,12 +248,14 @@ def test_a_wrong_command_line_is_exit_2(tmp_path: Path) -> None:
 def test_the_qemu_cluster_gives_each_node_its_mesh_address_by_configuration(
     tmp_path: Path,
 ) -> None:
-    bitcoind = {"rpc_url": "http://127.0.0.1:18443", "zmq_block": "tcp://127.0.0.1:28332",
-                "rpc_user": "wire", "rpc_password": "secret"}  # fmt: skip
-    cluster = Cluster(Image(tmp_path), tmp_path, bitcoind)
+    cluster = Cluster(Image(tmp_path), tmp_path, miner="127.0.0.1:18444")
     for node in cluster.nodes:
         vm = cluster.vm(node)
         assert "ip=" not in vm.extra_cmdline
         config = parse_config(json.loads(vm.credentials["wire.config"]))
         assert config.network == (StaticAddress("eth0", ip_interface(f"{node.address}/24")),)
         assert config.me.address.startswith(f"{node.address}:")
+        # Its own bitcoind, on its loopback, peered with the miner as the VM reaches it.
+        assert config.bitcoin is not None
+        assert config.bitcoin.rpc_url == "http://127.0.0.1:18443"
+        assert config.bitcoin.peers == ("10.0.2.2:18444",)
