@@ -1,10 +1,6 @@
 """Bitcoin Core's own bitcoind on regtest, for tests, the demo and benches.
 
-`bitcoin_core()` finds the binary, in this order: `$WIRE_MPC_BITCOIND` (a bitcoind binary
-or the directory holding one); `../shared/bitcoin-core/` beside the repository (checked
-against its SHA256SUMS); the official release tarball pinned in `image/bitcoind.pin`,
-fetched once into `build/bitcoin-core/` and checked against the pinned hash. Failing all
-three it raises `BitcoindNotFound`, which names them.
+The binary is the one `tools.bitcoin_core.bitcoin_core()` finds.
 
 `Bitcoind` is one node process on a data directory of its own: RPC over its cookie, ZMQ
 block and transaction notifications, P2P on loopback. `BitcoinNetwork` is what the bridge
@@ -22,43 +18,27 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import http.client
 import json
-import os
-import shutil
 import signal
-import socket
 import subprocess
-import tarfile
-import tempfile
 import threading
-import time
-import urllib.request
 from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
+
+from tools.bitcoin_core import bitcoin_core
+from tools.devcluster import free_ports, wait_until
 
 __all__ = [
     "BitcoinNetwork",
     "Bitcoind",
-    "BitcoindNotFound",
     "RpcCallError",
-    "bitcoin_core",
-    "wait_until",
 ]
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-SHARED = REPOSITORY.parent / "shared" / "bitcoin-core"
-PIN = REPOSITORY / "image" / "bitcoind.pin"
-CACHE = REPOSITORY / "build" / "bitcoin-core"
 WALLET = "miner"
-
-
-class BitcoindNotFound(RuntimeError):
-    """No bitcoind could be found or fetched; the message names the ways tried."""
 
 
 class RpcCallError(Exception):
@@ -70,128 +50,26 @@ class RpcCallError(Exception):
         self.message = message
 
 
-# ---- finding the binary ---------------------------------------------------------------
+class _Started:
+    """`with`: started on entry, stopped on exit."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
 
 
-def bitcoin_core() -> Path:
-    """The bitcoind binary to run: see the module's documentation for the order."""
-    tried = []
-    given = os.environ.get("WIRE_MPC_BITCOIND")
-    if given:
-        path = Path(given)
-        binary = path / "bitcoind" if path.is_dir() else path
-        if _runnable(binary):
-            return binary
-        tried.append(f"$WIRE_MPC_BITCOIND={given}: no runnable bitcoind there")
-    else:
-        tried.append("$WIRE_MPC_BITCOIND: not set")
-    shared = SHARED / "bitcoind"
-    if shared.exists():
-        problem = _checksum_problem(shared, SHARED / "SHA256SUMS")
-        if problem is None and _runnable(shared):
-            return shared
-        tried.append(f"{shared}: {problem or 'does not run here (missing libraries?)'}")
-    else:
-        tried.append(f"{shared}: absent")
-    try:
-        return _pinned_release()
-    except (OSError, ValueError) as exc:
-        tried.append(f"pinned release ({PIN.name}): {exc}")
-    raise BitcoindNotFound("no bitcoind: " + "; ".join(tried))
-
-
-def _runnable(binary: Path) -> bool:
-    if not (binary.is_file() and os.access(binary, os.X_OK)):
-        return False
-    try:
-        run = subprocess.run([binary, "-version"], capture_output=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return run.returncode == 0 and b"Bitcoin Core" in run.stdout
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _checksum_problem(binary: Path, sums: Path) -> str | None:
-    try:
-        lines = sums.read_text().splitlines()
-    except OSError as exc:
-        return f"cannot read {sums}: {exc}"
-    wanted = {name: digest for digest, _, name in (line.partition("  ") for line in lines)}
-    if binary.name not in wanted:
-        return f"{sums} has no line for {binary.name}"
-    if _sha256(binary) != wanted[binary.name]:
-        return f"its SHA256 differs from {sums}"
-    return None
-
-
-def _pin() -> dict[str, str]:
-    pin = {}
-    for line in PIN.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            pin[key.strip()] = value.strip()
-    return pin
-
-
-def _pinned_release() -> Path:
-    pin = _pin()
-    binary = CACHE / pin["version"] / "bin" / "bitcoind"
-    if _runnable(binary):
-        return binary
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
-        tarball = Path(scratch) / pin["tarball"]
-        if not pin["url"].startswith("https://"):
-            raise ValueError(f"{PIN}: the url must be https://")
-        try:
-            with (
-                urllib.request.urlopen(pin["url"], timeout=30) as answer,  # noqa: S310 (https)
-                tarball.open("wb") as out,
-            ):
-                shutil.copyfileobj(answer, out)
-        except OSError as exc:
-            raise OSError(f"cannot fetch {pin['url']}: {exc}") from exc
-        if _sha256(tarball) != pin["sha256"]:
-            raise ValueError(f"{pin['url']} does not have the pinned SHA256 {pin['sha256']}")
-        with tarfile.open(tarball) as archive:
-            archive.extractall(scratch, filter="data")
-        unpacked = Path(scratch) / f"bitcoin-{pin['version']}"
-        shutil.rmtree(CACHE / pin["version"], ignore_errors=True)
-        unpacked.rename(CACHE / pin["version"])
-    if not _runnable(binary):
-        raise ValueError(f"{binary} from the pinned release does not run here")
-    return binary
-
-
-# ---- one node -------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_until(predicate: Any, within: float, what: str, interval: float = 0.05) -> Any:
-    """The first truthy value of `predicate()`; TimeoutError naming `what` after `within` s."""
-    deadline = time.monotonic() + within
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {within} s")
-        time.sleep(interval)
-
-
-class Bitcoind:
+class Bitcoind(_Started):
     """One `bitcoind -regtest` on `datadir`; amounts come back as Decimal.
 
     `wallet=True` gives it a wallet (named "miner") to fund and mine with; the signing
@@ -209,9 +87,7 @@ class Bitcoind:
         self.binary = binary or bitcoin_core()
         self.wallet = wallet
         self.extra_args = list(extra_args)
-        self.rpc_port = free_port()
-        self.p2p_port = free_port()
-        self.zmq_port = free_port()
+        self.rpc_port, self.p2p_port, self.zmq_port = free_ports(3)
         self.rpc_url = f"http://127.0.0.1:{self.rpc_port}"
         self.zmq_endpoint = f"tcp://127.0.0.1:{self.zmq_port}"
         self.cookie_path = self.datadir / "regtest" / ".cookie"
@@ -314,15 +190,6 @@ class Bitcoind:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def __enter__(self) -> Bitcoind:
-        self.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
     # ---- JSON-RPC -------------------------------------------------------------------
 
     def call(self, method: str, *params: Any, timeout: float = 120.0) -> Any:
@@ -402,7 +269,7 @@ class Bitcoind:
         return str(self.call("getbestblockhash"))
 
 
-class BitcoinNetwork:
+class BitcoinNetwork(_Started):
     """A miner with a wallet and one bitcoind per signing node, each node peered with the
     miner and with every other node on loopback, as in production.
 
@@ -464,15 +331,6 @@ class BitcoinNetwork:
     def stop(self) -> None:
         for node in [*self.nodes, self.miner]:
             node.stop()
-
-    def __enter__(self) -> BitcoinNetwork:
-        self.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def call(self, method: str, *params: Any) -> Any:
         """A call to the miner; see the class's documentation for mining calls."""

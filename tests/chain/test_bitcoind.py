@@ -33,7 +33,8 @@ from appliance.frost import SECP256K1_TR, KeyShare, trusted_dealer_keygen
 from appliance.store import Store
 from tests.chain.helpers import CONFIG, Audit
 from tests.frost.helpers import sign_with
-from tools.bitcoind import Bitcoind, BitcoinNetwork, RpcCallError, free_port, wait_until
+from tools.bitcoind import Bitcoind, BitcoinNetwork, RpcCallError
+from tools.devcluster import free_ports, wait_until
 
 
 @pytest.fixture
@@ -272,7 +273,7 @@ def test_a_deep_reorg_of_an_attested_deposit_alerts_and_pauses_minting(bitcoin) 
 
 def test_a_silent_zmq_stream_is_caught_up_by_polling(network, tmp_path, custody) -> None:
     # The engine listens where no bitcoind publishes: polling alone must find the blocks.
-    silent = f"tcp://127.0.0.1:{free_port()}"
+    silent = f"tcp://127.0.0.1:{free_ports(1)[0]}"
     bitcoin = Bitcoin(network, tmp_path, custody[1], poll_seconds=0.5, zmq_block=silent)
 
     async def scenario() -> None:

@@ -23,11 +23,14 @@ def bitcoind(tmp_path: Path) -> Iterator[BitcoinNetwork]:
         yield network
 
 
-def bitcoin_states(cluster: DevCluster, wanted: str, within: float = 15.0) -> list[dict]:
-    """Every node's `status.bitcoin`, once all of them report `wanted` (bounded wait)."""
+def bitcoin_states(
+    cluster: DevCluster, wanted: str, within: float = 15.0, nodes: list[int] | None = None
+) -> list[dict]:
+    """The `status.bitcoin` of every node (or of `nodes`), once all of them report `wanted`
+    (bounded wait)."""
     deadline = time.monotonic() + within
     while True:
-        states = [node.call("status")["bitcoin"] for node in cluster.nodes.values()]
+        states = [cluster[i].call("status")["bitcoin"] for i in nodes or list(cluster.nodes)]
         if all(s["sync"] == wanted for s in states) or time.monotonic() > deadline:
             return states
         time.sleep(0.1)
@@ -56,7 +59,7 @@ def test_nodes_agree_on_deposit_addresses_and_stop_signing_when_bitcoind_is_not_
     bitcoind.isolate(own)
     for block_hash in bitcoind.mine(2):
         own.call("submitheader", bitcoind.miner.call("getblockheader", block_hash, False))
-    assert node_state(cluster, 1, "behind")["reason"] == (
+    assert bitcoin_states(cluster, "behind", nodes=[1])[0]["reason"] == (
         "bitcoind has 2 headers it has not validated"
     )
     assert "bitcoind is behind" in cluster[1].call("status")["signing_blocked"]
@@ -73,20 +76,10 @@ def test_nodes_agree_on_deposit_addresses_and_stop_signing_when_bitcoind_is_not_
     assert {s["custody_sats"] for s in bitcoin_states(cluster, "synced")} == {50_000_000}
 
     own.stop()  # stopped: node 1 says so and refuses; the others are untouched
-    state = node_state(cluster, 1, "unreachable")
+    (state,) = bitcoin_states(cluster, "unreachable", nodes=[1])
     assert state["reason"] == f"bitcoind is not running: it has no cookie at {own.cookie_path}"
     cluster[2].call("test-signing", message="while stopped", coordinate=False)
     refused = cluster[1].call("test-signing", message="while stopped")
     assert refused["state"] == "failed"
     assert "not running" in refused["reason"]
     assert [cluster[i].call("status")["bitcoin"]["sync"] for i in (2, 3)] == ["synced"] * 2
-
-
-def node_state(cluster: DevCluster, node: int, wanted: str, within: float = 15.0) -> dict:
-    """Node `node`'s `status.bitcoin` once it reports `wanted` (bounded wait)."""
-    deadline = time.monotonic() + within
-    while True:
-        state = cluster[node].call("status")["bitcoin"]
-        if state["sync"] == wanted or time.monotonic() > deadline:
-            return state
-        time.sleep(0.1)

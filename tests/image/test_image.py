@@ -31,6 +31,7 @@ import pytest
 
 from qemu.site import NodeSite, credentials, local_bitcoind, node_config
 from qemu.vm import READY_LINE, VM, Image, accelerator
+from tools.devcluster import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 EXPOSURE_TARGET = 2.0
@@ -54,11 +55,8 @@ def report(image: Image) -> Any:
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def test_artifacts_and_size(image: Image, report: dict[str, Any]) -> None:
@@ -199,12 +197,11 @@ def test_boots_and_answers_status(image: Image, report: dict[str, Any], tmp_path
         status = operator.run("status")
         assert status["node_id"] == "node-1"
         if sections:  # the VM's own bitcoind answers: a new chain, in initial block download
-            bitcoin = wait_for(
-                lambda: operator.run("status")["bitcoin"],
-                lambda b: b["sync"] == "initial-block-download",
-                within=300,
-            )
-            assert bitcoin["sync"] == "initial-block-download", bitcoin
+
+            def in_initial_block_download() -> bool:
+                return bool(operator.run("status")["bitcoin"]["sync"] == "initial-block-download")
+
+            wait_until(in_initial_block_download, 300, "the VM's bitcoind answering", pause=3)
         key = operator.run("key-info")["identity_public_key"]
         console = vm.console_log.read_text(errors="replace")
         assert f"wire-mpc node node-1: identity public key {key}" in console
@@ -252,16 +249,6 @@ def test_a_flipped_byte_in_the_root_stops_the_boot(image: Image, report: dict[st
         assert READY_LINE not in vm.console_log.read_text(errors="replace")
     finally:
         vm.stop()
-
-
-def wait_for(read: Any, done: Any, within: float) -> Any:
-    """`read()` once `done` holds of it, or its last value after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        value = read()
-        if done(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(3)
 
 
 def without_bitcoin(environment: Any) -> dict[str, str]:
