@@ -41,6 +41,8 @@ ENGINE_STATUS = {
     "duplicate-ceremony": 409,
     "service-disabled": 409,
     "no-bitcoind": 409,
+    "not-appliance": 409,
+    "busy": 409,
     "signing-blocked": 409,
     "no-burn-authority": 409,
     "cannot-build": 409,

@@ -370,6 +370,9 @@ def run(args: argparse.Namespace) -> Any:
         return client.request(
             "POST", "/v1/service/disable", {"reason": args.reason}, totp=_totp(args)
         )
+    if command == "bitcoind":
+        body = {"action": args.action, "reason": args.reason}
+        return client.request("POST", "/v1/bitcoind", body, totp=_totp(args))
     if command == "key-rotation":
         body = {"ceremony_id": args.ceremony_id, "reason": args.reason}
         return _with_progress(
@@ -509,6 +512,9 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("enable-service")
     s.add_argument("--reason")
     s = sub.add_parser("disable-service")
+    s.add_argument("--reason", required=True)
+    s = sub.add_parser("bitcoind", help="stop, start or restart this node's bitcoind")
+    s.add_argument("action", choices=["stop", "start", "restart"])
     s.add_argument("--reason", required=True)
     s = sub.add_parser("key-rotation", help="key-rotation initiate")
     s.add_argument("action", choices=["initiate"])

@@ -2,10 +2,11 @@
 a fresh TOTP code, its request body, and its handler. The Falcon app and the OpenAPI
 document are both built from this table, so neither can list a route the other lacks.
 
-Roles: `admin` runs users, configuration, the service switches and key-share backups (two
-admins for each) and restores; `operator` runs ceremonies, tests and approvals; `auditor`
-reads. Every role reads. A sensitive route passes the caller's fresh TOTP code to the engine
-as a proof, which the engine checks against its own registry of operators."""
+Roles: `admin` runs users, configuration, the service switches, the node's bitcoind and
+key-share backups (two admins for each) and restores; `operator` runs ceremonies, tests and
+approvals; `auditor` reads. Every role reads. A sensitive route passes the caller's fresh
+TOTP code to the engine as a proof, which the engine checks against its own registry of
+operators."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from api import journal
 from api.accounts import Accounts, User
 from api.engine import EngineLink
 from api.schema import Invalid, openapi
+from appliance.chain.unit import ACTIONS
 from appliance.config import ApiConfig
 
 __all__ = ["ALL_ROLES", "ROUTES", "Call", "Route"]
@@ -289,6 +291,11 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/service/disable", "disable-service",
           "Stop every signature on this node", disable_service, roles=ADMIN, changes=True,
           sensitive=True, body=_object(["reason"], reason=_string(512))),
+    Route("POST", "/v1/bitcoind", "bitcoind",
+          "Stop, start or restart this node's bitcoind (it signs nothing while stopped)",
+          engine_method("bitcoind", 240.0), roles=ADMIN, changes=True, sensitive=True,
+          body=_object(["action", "reason"], action={"type": "string", "enum": list(ACTIONS)},
+                       reason=_string(512))),
     Route("POST", "/v1/dkg", "dkg",
           "This node's consent to, and part in, the DKG of both keys",
           engine_method("dkg", 600.0), roles=OPERATOR, changes=True,

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.audit import AuditUnavailableError, audit
+from appliance.chain.unit import BitcoindUnit, unit_installed
 from appliance.exports import KeyExports
 from appliance.operators import AUTHORITY, OperatorRegistry
 from appliance.sealing import ROTATE_REQUEST, take_verification_key, verify_journal
@@ -50,6 +51,7 @@ STATE_CHANGING = {
     "key-rotation",
     "deposit-address",
     "set-service",
+    "bitcoind",
     "backup-key-share",
     "restore-key-share",
     "test-burn",
@@ -103,6 +105,11 @@ class ControlServer:
         self.path = path
         self.allowed_uids = {os.getuid()} | {pwd.getpwnam(user).pw_uid for user in allowed_users}
         self._server: asyncio.AbstractServer | None = None
+        chain = engine.chain
+        self.bitcoind = (
+            None if chain is None
+            else BitcoindUnit(path.parent, chain.rpc, chain.watcher, unit_installed())
+        )  # fmt: skip
         self.methods: dict[str, Callable[[dict[str, Any], str], Awaitable[Any]]] = {
             "status": self._status,
             "key-info": self._key_info,
@@ -114,6 +121,7 @@ class ControlServer:
             "deposit-address": self._deposit_address,
             "service-status": self._service_status,
             "set-service": self._set_service,
+            "bitcoind": self._bitcoind,
             "backup-key-share": self._backup_key_share,
             "restore-key-share": self._restore_key_share,
             "init": self._init,
@@ -437,6 +445,22 @@ class ControlServer:
 
     async def _fee_reservoir(self, params: dict[str, Any], actor: str) -> Any:
         return self.engine.payouts.reservoir()
+
+    async def _bitcoind(self, params: dict[str, Any], actor: str) -> Any:
+        action, reason = params.get("action"), params.get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            raise _bad_params("reason must say why bitcoind is to be stopped or started")
+        if self.bitcoind is None:
+            raise CommandError("no-bitcoind", "this node has no bitcoind configured")
+        answer = await self.bitcoind.request(str(action))
+        self.engine.audit(
+            f"bitcoind.{action}", "success" if answer["completed"] else "incomplete",
+            f"bitcoind {action} asked by {actor} ({reason}): "
+            f"{'done' if answer['completed'] else 'not done'} after {answer['waited_seconds']} s, "
+            f"bitcoind is {answer['bitcoind']['state']}",
+            actor=actor, action=str(action),
+        )  # fmt: skip
+        return {**answer, "signing_blocked": self.engine.signing_blocked()}
 
     async def _set_policy(self, params: dict[str, Any], actor: str) -> Any:
         changes = params.get("policy")

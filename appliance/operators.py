@@ -55,6 +55,7 @@ AUTHORITY: dict[str, str] = {
     "restore-key-share": "admin",
     "set-policy": "admin",
     "set-service": "admin",
+    "bitcoind": "admin",
     "audit-key": "admin",
     "operator-enrol": "admin",
     "operator-disable": "admin",

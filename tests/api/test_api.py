@@ -171,6 +171,26 @@ def test_sensitive_calls_need_a_fresh_totp_code(http: Http, team) -> None:
     assert (status, answer["enabled"]) == (200, True)
 
 
+def test_only_an_admin_with_a_fresh_code_asks_for_bitcoind_to_stop(http: Http, team) -> None:
+    admin: Operator = team["admin"]
+    stop = {"action": "stop", "reason": "disk maintenance"}
+    status, answer = http.call("POST", "/v1/bitcoind", stop, token=team["operator"].token)
+    assert (status, answer["error"]["code"]) == (403, "forbidden")
+    status, answer = http.call("POST", "/v1/bitcoind", stop, token=admin.token)
+    assert (status, answer["error"]["code"]) == (403, "step-up-required")
+    status, answer = http.call(
+        "POST", "/v1/bitcoind", {**stop, "action": "kill"}, token=admin.token, totp=admin.code()
+    )
+    assert status == 400, answer
+    assert "stop, start, restart" in answer["error"]["title"], answer
+    # This cluster's nodes have no bitcoind (the QEMU cluster stops a real one).
+    status, answer = http.call("POST", "/v1/bitcoind", stop, token=admin.token, totp=admin.code())
+    assert (status, answer["error"]["code"]) == (409, "no-bitcoind"), answer
+    records = Journal().wait_for(WIRE_EVENT="control.request", WIRE_METHOD="bitcoind")
+    assert records
+    assert records[-1]["WIRE_ACTOR"] == admin.username
+
+
 def test_logout_ends_the_session(http: Http, team) -> None:
     auditor = log_in(http, Operator(**{**team["auditor"].__dict__, "token": ""}))
     assert http.call("GET", "/v1/key-info", token=auditor.token)[0] == 200

@@ -256,7 +256,50 @@ def test_6_a_reorg_on_the_miner_reaches_every_node_over_p2p(appliances: Applianc
         assert bitcoin["required_confirmations"] == 12, bitcoin
 
 
-def test_7_every_journal_holds_the_audit_trail_and_its_seals_verify(
+def test_7_a_node_whose_bitcoind_is_stopped_refuses_to_sign_and_says_why(
+    appliances: Appliances,
+) -> None:
+    """Node-3's admin stops its bitcoind through the API (a TOTP-proven, audited request that
+    the image's root path unit carries out with systemctl): node-3 says why it signs
+    nothing and declines node-1's request with that reason; started again, it signs."""
+    report, consoles = appliances.report, appliances.consoles
+    node1, node3 = consoles[0], consoles[2]
+    node3.login("admin")  # its session of test 1 has expired
+    started = time.monotonic()
+    stopped = node3.run("--totp", node3.code("admin"), "bitcoind", "stop",
+                        "--reason", "qemu test: maintenance", user="admin")  # fmt: skip
+    phase(report, "bitcoind_stop_s", started)
+    assert stopped["completed"], stopped
+    assert stopped["bitcoind"]["state"] == "unreachable", stopped
+    why = "this node signs nothing while its bitcoind is unreachable: bitcoind at 127.0.0.1"
+    assert stopped["signing_blocked"].startswith(why), stopped
+    assert node3.run("status")["signing_blocked"].startswith(why)
+    assert [c.run("status")["signing_blocked"] for c in consoles[:2]] == [None, None]
+
+    node3.run("test-signing", "--message", "while stopped", "--approve-only")
+    refused = node1.run("test-signing", "--message", "while stopped", "--signers", "1,3")
+    assert refused["state"] == "failed", refused
+    assert (
+        "declined: {3: 'this node signs nothing while its bitcoind is unreachable"
+        in (refused["reason"])
+    ), refused
+    own = node3.run("test-signing", "--message", "while stopped")
+    assert own["state"] == "failed", own
+    assert why in own["reason"], own
+
+    started = time.monotonic()
+    back = node3.run("--totp", node3.code("admin"), "bitcoind", "start",
+                     "--reason", "qemu test: maintenance done", user="admin")  # fmt: skip
+    phase(report, "bitcoind_start_s", started)
+    assert back["completed"], back
+    wait_until(lambda: node3.run("status")["signing_blocked"] is None, within=120, pause=3,
+               what="node-3's bitcoind synced again")  # fmt: skip
+    node3.run("test-signing", "--message", "started again", "--approve-only")
+    signed = node1.run("test-signing", "--message", "started again", "--signers", "1,3")
+    assert (signed["state"], signed["signers"]) == ("completed", [1, 3]), signed
+
+
+def test_8_every_journal_holds_the_audit_trail_and_its_seals_verify(
     appliances: Appliances, tmp_path: Path
 ) -> None:
     # What every node must have recorded of all of the above (node-1 coordinated the mint).
@@ -267,7 +310,10 @@ def test_7_every_journal_holds_the_audit_trail_and_its_seals_verify(
     }  # fmt: skip
     for console in appliances.consoles:
         console.login("admin")
-        expected = trail | ({"mint.attested": ""} if console.node.node_id == "node-1" else {})
+        expected = trail | {
+            "node-1": {"mint.attested": ""},
+            "node-3": {"bitcoind.stop": "qemu test: maintenance", "bitcoind.start": ""},
+        }.get(console.node.node_id, {})
         for event, mention in expected.items():
             records = console.run("audit", "--event", event, user="admin")["records"]
             assert any(mention in json.dumps(r) for r in records), (console.node.node_id, event)

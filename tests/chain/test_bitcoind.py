@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from appliance.chain.custody import CustodyKey
 from appliance.chain.fees import bumped_fee_rate, estimate_fee_rate, is_stuck, relay_fees
 from appliance.chain.service import ChainService
 from appliance.chain.transaction import Transaction, TxOut
+from appliance.chain.unit import ACTIONS, BitcoindUnit, unit_installed
 from appliance.chain.withdrawal import (
     Payout,
     Spendable,
@@ -29,6 +31,7 @@ from appliance.chain.withdrawal import (
     build_withdrawal,
     replace_withdrawal,
 )
+from appliance.errors import CommandError
 from appliance.frost import SECP256K1_TR, KeyShare, trusted_dealer_keygen
 from appliance.store import Store
 from tests.chain.helpers import CONFIG, Audit
@@ -386,6 +389,106 @@ def test_bitcoind_states_that_stop_signing(tmp_path, custody) -> None:
 
         run(scenario())
         bitcoin.close()
+
+
+class PathUnits(threading.Thread):
+    """Stands in for the image's wire-bitcoind-<action>.path units, which need systemd as
+    the system's manager (the QEMU cluster runs the real ones): when a request file is
+    written, does to the test's bitcoind what `systemctl <action> bitcoind.service` does."""
+
+    def __init__(self, requests: Path, node: Bitcoind, acting: bool = True) -> None:
+        super().__init__(daemon=True)
+        self.requests, self.node, self.acting = requests, node, acting
+        self.done: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        seen: dict[str, float] = {}
+        while not self.halt.wait(0.05):
+            for action in ACTIONS:
+                path = self.requests / f"bitcoind-{action}"
+                mtime = path.stat().st_mtime if path.exists() else None
+                if mtime is None or seen.get(action) == mtime:
+                    continue
+                seen[action] = mtime
+                if self.acting:
+                    if action != "start":
+                        self.node.stop()
+                    if action != "stop" and not self.node.running:
+                        self.node.start()
+                self.done.append(action)
+
+
+def test_an_admins_request_stops_starts_and_restarts_bitcoind(tmp_path, custody) -> None:
+    with BitcoinNetwork(tmp_path / "bitcoin", nodes=1) as network:
+        bitcoin = Bitcoin(network, tmp_path, custody[1], rpc_timeout_seconds=2.0)
+        requests = tmp_path / "run"
+        requests.mkdir()
+        units = PathUnits(requests, bitcoin.node)
+        units.start()
+        watcher, rpc = bitcoin.service.watcher, bitcoin.service.rpc
+
+        async def scenario() -> None:
+            assert (await watcher.sync_once()).synced
+            elsewhere = BitcoindUnit(requests, rpc, watcher, installed=False)
+            with pytest.raises(CommandError, match="not run by the appliance") as refused:
+                await elsewhere.request("stop")
+            assert refused.value.code == "not-appliance"
+            unit = BitcoindUnit(requests, rpc, watcher, installed=True, pause=0.1)
+            with pytest.raises(CommandError, match="stop, start, restart"):
+                await unit.request("kill")
+            assert list(requests.iterdir()) == [], "a refused request writes nothing"
+
+            stopped = await unit.request("stop")
+            assert (stopped["action"], stopped["completed"]) == ("stop", True)
+            assert stopped["bitcoind"]["state"] == "unreachable"
+            assert not watcher.state.synced  # the node signs nothing from here on
+            wait_until(lambda: not bitcoin.node.running, 60, "bitcoind exited")
+
+            started = await unit.request("start")
+            assert started["completed"]
+            assert started["bitcoind"]["state"] == "synced"
+            assert watcher.state.synced
+
+            pid = bitcoin.node.process.pid
+            restarted, busy = await asyncio.gather(
+                unit.request("restart"), unit.request("restart"), return_exceptions=True
+            )
+            assert isinstance(busy, CommandError)
+            assert busy.code == "busy"
+            assert restarted["completed"]
+            assert restarted["bitcoind"]["state"] == "synced"
+            assert bitcoin.node.process.pid != pid
+            assert units.done == ["stop", "start", "restart"]
+
+            units.acting = False  # a path unit that does nothing: said, not waited out forever
+            slow = BitcoindUnit(requests, rpc, watcher, installed=True, settle_seconds=1.0)
+            unanswered = await slow.request("stop")
+            assert unanswered["completed"] is False
+            assert bitcoin.node.running
+            await bitcoin.service.close()
+
+        try:
+            run(scenario())
+        finally:
+            units.halt.set()
+            units.join()
+            bitcoin.close()
+
+
+def test_the_appliance_is_told_by_its_path_units(tmp_path) -> None:
+    assert not unit_installed(tmp_path)
+    for action in ACTIONS[:2]:
+        (tmp_path / f"wire-bitcoind-{action}.path").touch()
+    assert not unit_installed(tmp_path)
+    (tmp_path / "wire-bitcoind-restart.path").touch()
+    assert unit_installed(tmp_path)
+    image_units = Path(__file__).parents[2] / "image/tree/usr/lib/systemd/system"
+    assert unit_installed(image_units)
+    for action in ACTIONS:
+        path_unit = (image_units / f"wire-bitcoind-{action}.path").read_text()
+        assert f"PathModified=/run/wire-mpc/engine/bitcoind-{action}\n" in path_unit
+        assert f"Unit=wire-bitcoind@{action}.service\n" in path_unit
 
 
 # ---- withdrawals ------------------------------------------------------------------------

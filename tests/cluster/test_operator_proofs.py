@@ -25,6 +25,7 @@ FORGED: dict[str, dict[str, Any]] = {
     "restore-key-share": {"backup": "AAAA", "passphrase": "the attacker's passphrase"},
     "set-policy": {"policy": {"max_withdrawal_sats": 21 * 10**14}},
     "set-service": {"enabled": False, "reason": "forged"},
+    "bitcoind": {"action": "stop", "reason": "forged"},
     "audit-key": {},
     "operator-enrol": {"username": "mallory", "role": "admin"},
     "operator-disable": {"username": "dev-admin-1"},

@@ -224,6 +224,7 @@ def test_every_sensitive_command_is_in_the_role_table() -> None:
         "restore-key-share",
         "set-policy",
         "set-service",
+        "bitcoind",
         "audit-key",
         "operator-enrol",
         "operator-disable",
@@ -231,9 +232,8 @@ def test_every_sensitive_command_is_in_the_role_table() -> None:
         "approve-burn",
         "test-consolidate-fees",
     } == set(AUTHORITY)
-    assert {AUTHORITY[m] for m in ("backup-key-share", "approve-backup", "set-service")} == {
-        "admin"
-    }
+    admin_only = ("backup-key-share", "approve-backup", "set-service", "bitcoind")
+    assert {AUTHORITY[m] for m in admin_only} == {"admin"}
 
 
 def test_wrong_proofs_slow_the_next_code_down_to_a_bound(
