@@ -34,6 +34,17 @@ def main() -> None:
         required=True,
         help="JSON: where bitcoind came from, its version and hash; or null",
     )
+    p.add_argument(
+        "--boot-tools",
+        type=Path,
+        required=True,
+        help="the boot tools' package versions (image/boot-tools)",
+    )
+    p.add_argument(
+        "--secure-boot-cert",
+        required=True,
+        help="SHA256 fingerprint of the certificate that signs the boot chain",
+    )
     p.add_argument("--output", type=Path, required=True)
     args = p.parse_args()
 
@@ -48,6 +59,10 @@ def main() -> None:
         "packages": sorted(f"{p['name']}={p['version']}" for p in packages),
         "wheels": wheel_entries(args.wheels),
         "bitcoind": json.loads(args.bitcoind),
+        "boot": {
+            "tools": "debian trixie: " + ", ".join(args.boot_tools.read_text().split("\n")[:-1]),
+            "secure_boot_certificate_sha256": args.secure_boot_cert,
+        },
     }
     args.output.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 

@@ -13,6 +13,9 @@ sets it up and runs the caller in it), so nothing touches the host's network:
   bitcoind (the production image's), which keeps a P2P connection to the miner; its engine
   talks to that bitcoind alone, over the VM's loopback.
 
+Each VM boots as a server does: UEFI with Secure Boot enforcing and only the image's
+certificate enrolled (`qemu.firmware`), the signed UKI from the image's ESP.
+
 Bringing a cluster up is the runbook's preparation phase: every node boots once with a
 configuration in which no identity key is known yet, its HSM makes its identity key and its
 console shows it; the harness collects the three keys, writes the final configuration of
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qemu.firmware import boot_tools, enrolled_variables
 from qemu.site import NodeSite, credentials, local_bitcoind, node_config
 from qemu.vm import VM, Image
 
@@ -76,8 +80,13 @@ class Cluster:
                    "user,id=n1")  # fmt: skip
         return VM(
             self.image, self.workdir, node.node_id, credentials(node, self.config(node)),
-            netdevs=netdevs, index=node.identifier, accel=self.accel,
+            netdevs=netdevs, index=node.identifier, accel=self.accel, firmware=self.firmware,
         )  # fmt: skip
+
+    @property
+    def firmware(self) -> Path:
+        """The UEFI variables every VM starts from: the image's certificate enrolled."""
+        return self.workdir / "efivars-enrolled.fd"
 
     # -- life ----------------------------------------------------------------------------
     def up(self, within: float = 1200.0) -> None:
@@ -85,6 +94,8 @@ class Cluster:
         configuration and its API answering; raises with the console of a node that did not
         come up."""
         started = time.monotonic()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        enrolled_variables(self.image.certificate, self.firmware, boot_tools())
         self.first_boot(within)
         self.timings["first_boot_s"] = round(time.monotonic() - started)
         mark = time.monotonic()

@@ -1,8 +1,12 @@
 """One appliance VM under QEMU, booted the way an operator's server boots the image.
 
-- The image's disk, read-only (VMs share it), and the VM's own data disk (a sparse file; the
-  first boot partitions and formats it).
-- Direct kernel boot from the image's kernel, initrd and command line (dm-verity root).
+- UEFI boot under Secure Boot, as a server boots: OVMF with the image's certificate
+  enrolled (`firmware`, from `qemu.firmware`), which starts the signed systemd-boot and UKI
+  from the disk's ESP; nothing is handed in but the SMBIOS credentials.
+- The image's disk, read-only (VMs share it), and the VM's own data disk (a sparse file,
+  named by the `wire.data-disk` credential; the first boot partitions and formats it). Or,
+  as a server with one disk (`data_disk=False`), the image under a copy-on-write overlay of
+  its own, grown, whose free space the first boot gives to the data partition.
 - Per-site configuration as SMBIOS type 11 credentials (`io.systemd.credential.binary:`).
 - The control API on the virtio-serial port `wire.api`: a Unix socket on the host. The port
   is one byte stream, so one client at a time (see `api.serial_bridge`).
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from api.mpc_operator import UnixConnection
+from qemu.firmware import OVMF_CODE
 
 READY_LINE = "bridging /dev/virtio-ports/wire.api"
 
@@ -50,11 +55,16 @@ class Image:
     def initrd(self) -> Path:
         return self.directory / "initrd.img"
 
+    @property
+    def certificate(self) -> Path:
+        """The certificate its boot chain is signed with, to enrol in the firmware."""
+        return self.directory / "secure-boot.crt"
+
     def cmdline(self) -> str:
         return (self.directory / "cmdline").read_text().strip()
 
     def missing(self) -> list[str]:
-        paths = (self.disk, self.kernel, self.initrd, self.directory / "cmdline")
+        paths = (self.disk, self.kernel, self.certificate, self.directory / "cmdline")
         return [str(p) for p in paths if not p.exists()]
 
     @classmethod
@@ -98,25 +108,29 @@ class VM:
         name: str,
         credentials: dict[str, bytes],
         *,
-        cmdline: str = "",
         memory_mb: int = 1536,
         cpus: int = 1,
         netdevs: tuple[str, ...] = ("user,id=n0",),
         data_disk_gb: int = 4,
         accel: str = "tcg",
         index: int = 1,
+        firmware: Path,
+        data_disk: bool = True,
     ) -> None:
         self.image = image
         self.dir = workdir / name
         self.name = name
         self.credentials = credentials
-        self.extra_cmdline = cmdline
         self.memory_mb = memory_mb
         self.cpus = cpus
         self.netdevs = netdevs
         self.data_disk_gb = data_disk_gb
         self.accel = accel
         self.index = index  # distinct per VM of a cluster: it makes the MAC addresses
+        self.firmware = firmware  # the UEFI variables a new VM starts from
+        self.separate_data_disk = data_disk
+        if data_disk:
+            self.credentials = {**credentials, "wire.data-disk": b"/dev/vdb"}
         self.uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"wire-mpc-vm:{workdir}:{name}"))
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
@@ -137,11 +151,22 @@ class VM:
     def data_disk(self) -> Path:
         return self.dir / "data.raw"
 
+    @property
+    def overlay(self) -> Path:
+        """A one-disk VM's disk: the image under a copy-on-write overlay, grown."""
+        return self.dir / "disk.qcow2"
+
+    @property
+    def variables(self) -> Path:
+        return self.dir / "efivars.fd"
+
+    def _disks(self) -> list[str]:
+        if self.separate_data_disk:
+            return ["-drive", f"file={self.image.disk},if=virtio,format=raw,readonly=on",
+                    "-drive", f"file={self.data_disk},if=virtio,format=raw"]  # fmt: skip
+        return ["-drive", f"file={self.overlay},if=virtio,format=qcow2"]
+
     def argv(self) -> list[str]:
-        # WIRE_QEMU_JOURNAL_TO_CONSOLE=1: the whole journal on the console log, for debugging.
-        debug = ["systemd.journald.forward_to_console=1"] * bool(
-            os.environ.get("WIRE_QEMU_JOURNAL_TO_CONSOLE")
-        )
         argv = [
             "qemu-system-x86_64", "-name", self.name, "-accel", self.accel,
             "-cpu", "max" if self.accel == "tcg" else "host",
@@ -149,11 +174,10 @@ class VM:
             "-nodefaults", "-nographic", "-no-reboot",
             "-serial", f"file:{self.console_log}",
             "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
-            "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-            "-append", " ".join([self.image.cmdline(), "wire.data_disk=/dev/vdb",
-                                 self.extra_cmdline, *debug]),
-            "-drive", f"file={self.image.disk},if=virtio,format=raw,readonly=on",
-            "-drive", f"file={self.data_disk},if=virtio,format=raw",
+            "-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on",
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={self.variables}",
+            *self._disks(),
             "-device", "virtio-serial-pci",
             "-chardev", f"socket,id=api,path={self.api_socket},server=on,wait=off",
             "-device", "virtserialport,chardev=api,name=wire.api",
@@ -172,9 +196,19 @@ class VM:
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        if not self.data_disk.exists():
-            with self.data_disk.open("wb") as disk:
-                disk.truncate(self.data_disk_gb << 30)
+        if not self.variables.exists():
+            shutil.copy(self.firmware, self.variables)
+        if self.separate_data_disk:
+            if not self.data_disk.exists():
+                with self.data_disk.open("wb") as disk:
+                    disk.truncate(self.data_disk_gb << 30)
+        elif not self.overlay.exists():
+            size = self.image.disk.stat().st_size + (self.data_disk_gb << 30)
+            subprocess.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(self.image.disk),
+                 "-F", "raw", str(self.overlay), str(size)],
+                check=True, timeout=60,
+            )  # fmt: skip
         for stale in (self.api_socket, self.qmp_socket):
             stale.unlink(missing_ok=True)
         log = (self.dir / "qemu.log").open("ab")

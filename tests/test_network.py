@@ -251,7 +251,7 @@ def test_the_qemu_cluster_gives_each_node_its_mesh_address_by_configuration(
     cluster = Cluster(Image(tmp_path), tmp_path, miner="127.0.0.1:18444")
     for node in cluster.nodes:
         vm = cluster.vm(node)
-        assert "ip=" not in vm.extra_cmdline
+        assert vm.credentials["wire.data-disk"] == b"/dev/vdb"
         config = parse_config(json.loads(vm.credentials["wire.config"]))
         assert config.network == (StaticAddress("eth0", ip_interface(f"{node.address}/24")),)
         assert config.me.address.startswith(f"{node.address}:")

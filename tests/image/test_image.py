@@ -5,9 +5,13 @@ will meet it.
 - reproducibility: a second build of the same commit gives the same disk, byte for byte,
   and if not, the test names the partition and the files that differ;
 - the units' `systemd-analyze security` exposure (target: at most 2.0);
-- one VM boots it under QEMU, provisions itself from its SMBIOS credentials, and its API
-  answers `status` over the virtio-serial port, driven with `mpc_operator` as an operator
-  would.
+- one VM boots it under QEMU as a server would, through UEFI with Secure Boot enforcing
+  (OVMF, the image's certificate enrolled): the signed systemd-boot and UKI; it provisions
+  itself from its SMBIOS credentials, and its API answers `status` over the virtio-serial
+  port, driven with `mpc_operator` as an operator would;
+- the firmware refuses a boot chain that is not the one signed: the UKI with one byte
+  changed, unsigned, or with another command line under another key;
+- dm-verity stops a boot from a root with one byte changed.
 
 The image under test is `$WIRE_IMAGE` (the Makefile builds it); these tests run as root.
 Times and sizes are printed (run with -s) and written to `$WIRE_IMAGE/report.json`.
@@ -29,6 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 import pyotp
 import pytest
 
+from qemu.firmware import boot_tools, enrolled_variables
 from qemu.site import NodeSite, credentials, local_bitcoind, node_config
 from qemu.vm import READY_LINE, VM, Image, accelerator
 from tools.devcluster import wait_until
@@ -52,6 +57,18 @@ def report(image: Image) -> Any:
     data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     yield data
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+@pytest.fixture(scope="module")
+def firmware(image: Image) -> Path:
+    """OVMF's variables with the image's Secure Boot certificate enrolled."""
+    try:
+        tools = boot_tools()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    return enrolled_variables(
+        image.directory / "secure-boot.crt", image.directory / "efivars-enrolled.fd", tools
+    )
 
 
 def sha256(path: Path) -> str:
@@ -176,7 +193,9 @@ class Operator:
 
 
 @pytest.mark.timeout(1200)
-def test_boots_and_answers_status(image: Image, report: dict[str, Any], tmp_path: Path) -> None:
+def test_boots_and_answers_status(
+    image: Image, firmware: Path, report: dict[str, Any], tmp_path: Path
+) -> None:
     me = NodeSite("node-1", 1, "10.0.2.15")
     other = NodeSite("node-2", 2, "10.0.2.16")
     production = json.loads((image.directory / "manifest.json").read_text())["profile"]
@@ -184,14 +203,20 @@ def test_boots_and_answers_status(image: Image, report: dict[str, Any], tmp_path
     config = node_config("image-test", 2, me, [me, other], **sections)
     accel = accelerator(image.kernel)
     workdir = image.directory / "vms"
-    vm = VM(image, workdir, "node-1", credentials(me, config), cpus=2, accel=accel)
+    # A server with one disk: the data partition goes into the boot disk's free space.
+    vm = VM(image, workdir, "node-1", credentials(me, config), cpus=2, accel=accel,
+            firmware=firmware, data_disk=False)  # fmt: skip
     vm.remove()
     vm.start()
     try:
         ready = vm.wait_for_api(within=900)
         report["boot_to_api_ready_seconds"] = round(ready)
         report["accelerator"] = accel
-        print(f"\nboot: power-on to API ready over virtio-serial in {ready:.0f} s ({accel})")
+        print(f"\nboot: power-on to API ready over virtio-serial in {ready:.0f} s ({accel}, "
+              "UEFI with Secure Boot enforcing)")  # fmt: skip
+        console = vm.console_log.read_text(errors="replace")
+        assert "secureboot: Secure boot enabled" in console
+        assert "Kernel is locked down from EFI Secure Boot" in console
         operator = Operator(vm, tmp_path / "operator")
         operator.enrol_admin()
         status = operator.run("status")
@@ -215,15 +240,102 @@ def test_boots_and_answers_status(image: Image, report: dict[str, Any], tmp_path
         print(f"console log: {vm.console_log}")
 
 
+REFUSED = "Error loading \\EFI\\Linux\\wire-mpc.efi: Access denied"
+
+
+def in_boot_tools(work: Path, *command: str) -> None:
+    """`command` among the boot tools (image/boot-tools), with `work` at /mnt."""
+    done = subprocess.run(
+        ["unshare", "--mount", "--fork", "sh", "-euc",
+         'mount --bind "$0" "$1/mnt"; tools=$1; shift; exec chroot "$tools" "$@"',
+         str(work), str(boot_tools()), *command],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def esp_offset(disk: Path) -> int:
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True,
+                                      text=True, check=True).stdout)["partitiontable"]  # fmt: skip
+    (esp,) = [p for p in table["partitions"] if p.get("name") == "wire-esp"]
+    return int(esp["start"]) * int(table.get("sectorsize", 512))
+
+
+def with_uki(image: Image, uki: Path, where: Path) -> Image:
+    """A copy of the image whose ESP carries `uki` in place of the signed one."""
+    where.mkdir(parents=True, exist_ok=True)
+    disk = where / "disk.raw"
+    subprocess.run(["cp", "--sparse=always", str(image.disk), str(disk)], check=True)
+    subprocess.run(["mcopy", "-o", "-i", f"{disk}@@{esp_offset(disk)}", str(uki),
+                    "::/EFI/Linux/wire-mpc.efi"],
+                   env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}, check=True)  # fmt: skip
+    return Image(where)
+
+
+def boot_chains_not_ours(image: Image, work: Path) -> dict[str, Path]:
+    """The UKI with one byte of its command line changed; without its signature; and with
+    another command line (a shell for init), signed by a key the firmware does not know."""
+    work.mkdir(parents=True, exist_ok=True)
+    signed = (image.directory / "wire-mpc.efi").read_bytes()
+    at = signed.index(b"console=ttyS0")
+    flipped = bytearray(signed)
+    flipped[at + 12] ^= 0x01  # ttyS0 -> ttyS1
+    (work / "flipped.efi").write_bytes(bytes(flipped))
+    (work / "unsigned.efi").write_bytes(signed)
+    in_boot_tools(work, "sbattach", "--remove", "/mnt/unsigned.efi")
+    for name in ("vmlinuz", "initrd.img"):
+        subprocess.run(["cp", str(image.directory / name), str(work / name)], check=True)
+    (work / "cmdline").write_text(image.cmdline() + " init=/bin/sh\n")
+    subprocess.run(
+        ["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=not the operators' key/", "-keyout", str(work / "other.key"),
+         "-out", str(work / "other.crt")],
+        capture_output=True, check=True,
+    )  # fmt: skip
+    in_boot_tools(work, "ukify", "build", "--linux", "/mnt/vmlinuz", "--initrd",
+                  "/mnt/initrd.img", "--cmdline", "@/mnt/cmdline",
+                  "--secureboot-private-key", "/mnt/other.key",
+                  "--secureboot-certificate", "/mnt/other.crt", "--signtool", "sbsign",
+                  "--output", "/mnt/other-cmdline.efi")  # fmt: skip
+    return {name: work / f"{name}.efi" for name in ("flipped", "unsigned", "other-cmdline")}
+
+
+@pytest.mark.timeout(1200)
+def test_the_firmware_refuses_a_boot_chain_not_ours(
+    image: Image, firmware: Path, report: dict[str, Any]
+) -> None:
+    """Secure Boot enforcing with only the operators' certificate enrolled: systemd-boot
+    (signed) starts, and the firmware refuses to load any UKI but the one signed."""
+    work = image.directory / "not-ours"
+    me = NodeSite("node-1", 1, "10.0.2.15")
+    config = node_config("image-test", 2, me, [me, NodeSite("node-2", 2, "10.0.2.16")])
+    refused: dict[str, int] = {}
+    for name, uki in boot_chains_not_ours(image, work / "ukis").items():
+        variant = with_uki(image, uki, work / name)
+        vm = VM(variant, work / name / "vms", "node-1", credentials(me, config),
+                accel=accelerator(image.kernel), firmware=firmware)  # fmt: skip
+        vm.remove()
+        vm.start()
+        try:
+            seen = vm.wait_for_console(REFUSED, within=300)
+            assert seen is not None, f"{name}: not refused; console:\n{vm.console()}"
+            refused[name] = round(seen)
+            assert "Linux version" not in vm.console_log.read_text(errors="replace"), name
+        finally:
+            vm.stop()
+    report["secure_boot_refusal_seconds"] = refused
+    print(f"\nSecure Boot: refused {sorted(refused)} (seconds after power-on: {refused})")
+
+
 @pytest.mark.timeout(900)
-def test_a_flipped_byte_in_the_root_stops_the_boot(image: Image, report: dict[str, Any]) -> None:
-    """dm-verity: one changed byte of the root partition and the kernel panics when it reads
-    that block (the superblock's, at mount), before anything of the root runs."""
+def test_a_flipped_byte_in_the_root_stops_the_boot(
+    image: Image, firmware: Path, report: dict[str, Any]
+) -> None:
+    """dm-verity: one changed byte of the root partition, and the kernel that the signed UKI
+    starts panics when it reads that block (the superblock's, at mount), before anything of
+    the root runs."""
     tampered = image.directory / "tampered"
     tampered.mkdir(exist_ok=True)
-    for name in ("vmlinuz", "initrd.img", "cmdline"):
-        (tampered / name).unlink(missing_ok=True)
-        (tampered / name).symlink_to((image.directory / name).resolve())
     disk = tampered / "disk.raw"
     subprocess.run(["cp", "--sparse=always", str(image.disk), str(disk)], check=True)
     table = json.loads(subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True,
@@ -238,7 +350,7 @@ def test_a_flipped_byte_in_the_root_stops_the_boot(image: Image, report: dict[st
     me = NodeSite("node-1", 1, "10.0.2.15")
     config = node_config("image-test", 2, me, [me, NodeSite("node-2", 2, "10.0.2.16")])
     vm = VM(Image(tampered), tampered / "vms", "node-1", credentials(me, config),
-            accel=accelerator(image.kernel))  # fmt: skip
+            accel=accelerator(image.kernel), firmware=firmware)  # fmt: skip
     vm.remove()
     vm.start()
     try:
