@@ -142,6 +142,21 @@ EVENTS: Final[dict[str, AuditEvent]] = {
         journal.LOG_WARNING,
         "an operator enabled or disabled the service",
     ),
+    "bitcoind.stop": AuditEvent(
+        "f369c6e953d34e57aeccc0abfd289766",
+        journal.LOG_WARNING,
+        "an admin stopped the node's bitcoind: the node signs nothing until it runs again",
+    ),
+    "bitcoind.start": AuditEvent(
+        "3cb5c74014c94e39a986f58efb8d4929",
+        journal.LOG_NOTICE,
+        "an admin started the node's bitcoind",
+    ),
+    "bitcoind.restart": AuditEvent(
+        "f85aecf98abf4779a21516ee31ae14b7",
+        journal.LOG_WARNING,
+        "an admin restarted the node's bitcoind",
+    ),
     "key.backup": AuditEvent(
         "7e2186a9fce94012aae73474cd4f3170",
         journal.LOG_NOTICE,

@@ -108,7 +108,8 @@ class ControlServer:
         chain = engine.chain
         self.bitcoind = (
             None if chain is None
-            else BitcoindUnit(path.parent, chain.rpc, chain.watcher, unit_installed())
+            else BitcoindUnit(path.parent, chain.rpc, chain.watcher, unit_installed(),
+                              engine.audit)
         )  # fmt: skip
         self.methods: dict[str, Callable[[dict[str, Any], str], Awaitable[Any]]] = {
             "status": self._status,
@@ -452,14 +453,7 @@ class ControlServer:
             raise _bad_params("reason must say why bitcoind is to be stopped or started")
         if self.bitcoind is None:
             raise CommandError("no-bitcoind", "this node has no bitcoind configured")
-        answer = await self.bitcoind.request(str(action))
-        self.engine.audit(
-            f"bitcoind.{action}", "success" if answer["completed"] else "incomplete",
-            f"bitcoind {action} asked by {actor} ({reason}): "
-            f"{'done' if answer['completed'] else 'not done'} after {answer['waited_seconds']} s, "
-            f"bitcoind is {answer['bitcoind']['state']}",
-            actor=actor, action=str(action),
-        )  # fmt: skip
+        answer = await self.bitcoind.request(str(action), reason, actor)
         return {**answer, "signing_blocked": self.engine.signing_blocked()}
 
     async def _set_policy(self, params: dict[str, Any], actor: str) -> Any:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,7 @@ class BitcoindUnit:
         rpc: BitcoindRpc,
         watcher: ChainWatcher,
         installed: bool,
+        audit: Callable[..., None],
         settle_seconds: float = SETTLE_SECONDS,
         pause: float = 1.0,
     ) -> None:
@@ -53,6 +55,7 @@ class BitcoindUnit:
         self.rpc = rpc
         self.watcher = watcher
         self.installed = installed
+        self.audit = audit  # the outcome's record (the request's is the control socket's)
         self.settle_seconds = settle_seconds
         self.pause = pause
         self._busy = asyncio.Lock()
@@ -60,7 +63,7 @@ class BitcoindUnit:
     def request_file(self, action: str) -> Path:
         return self.requests / f"bitcoind-{action}"
 
-    async def request(self, action: str) -> dict[str, Any]:
+    async def request(self, action: str, reason: str, actor: str) -> dict[str, Any]:
         if action not in ACTIONS:
             raise CommandError("bad-request", f"action must be one of {', '.join(ACTIONS)}")
         if not self.installed:
@@ -76,10 +79,17 @@ class BitcoindUnit:
             self.request_file(action).write_text(f"{asked}\n")  # its path unit sees it
             done = await self._settle(action, asked)
             state = await self.watcher.sync_once()
+        waited = round(time.time() - asked, 1)
+        self.audit(
+            f"bitcoind.{action}", "success" if done else "incomplete",
+            f"bitcoind {action} asked by {actor} ({reason}): {'done' if done else 'not done'} "
+            f"after {waited} s, bitcoind is {state.name}",
+            actor=actor, action=action,
+        )  # fmt: skip
         return {
             "action": action,
             "completed": done,
-            "waited_seconds": round(time.time() - asked, 1),
+            "waited_seconds": waited,
             "bitcoind": {"state": state.name, "reason": state.reason},
         }
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from appliance.audit import EVENTS
 from appliance.chain.address import script_of_address
 from appliance.chain.broadcast import BroadcastRefused, broadcast
 from appliance.chain.custody import CustodyKey
@@ -427,32 +428,38 @@ def test_an_admins_request_stops_starts_and_restarts_bitcoind(tmp_path, custody)
         units = PathUnits(requests, bitcoin.node)
         units.start()
         watcher, rpc = bitcoin.service.watcher, bitcoin.service.rpc
+        records: list[tuple[str, str, str]] = []
+
+        def audit(event: str, outcome: str, message: str, **fields: str) -> None:
+            EVENTS[event]  # the catalog's: an event it lacks fails there, as journald would
+            records.append((event, outcome, message))
 
         async def scenario() -> None:
             assert (await watcher.sync_once()).synced
-            elsewhere = BitcoindUnit(requests, rpc, watcher, installed=False)
+            elsewhere = BitcoindUnit(requests, rpc, watcher, False, audit)
             with pytest.raises(CommandError, match="not run by the appliance") as refused:
-                await elsewhere.request("stop")
+                await elsewhere.request("stop", "maintenance", "alice")
             assert refused.value.code == "not-appliance"
-            unit = BitcoindUnit(requests, rpc, watcher, installed=True, pause=0.1)
+            unit = BitcoindUnit(requests, rpc, watcher, True, audit, pause=0.1)
             with pytest.raises(CommandError, match="stop, start, restart"):
-                await unit.request("kill")
+                await unit.request("kill", "maintenance", "alice")
             assert list(requests.iterdir()) == [], "a refused request writes nothing"
 
-            stopped = await unit.request("stop")
+            stopped = await unit.request("stop", "maintenance", "alice")
             assert (stopped["action"], stopped["completed"]) == ("stop", True)
             assert stopped["bitcoind"]["state"] == "unreachable"
             assert not watcher.state.synced  # the node signs nothing from here on
             wait_until(lambda: not bitcoin.node.running, 60, "bitcoind exited")
 
-            started = await unit.request("start")
+            started = await unit.request("start", "maintenance", "alice")
             assert started["completed"]
             assert started["bitcoind"]["state"] == "synced"
             assert watcher.state.synced
 
             pid = bitcoin.node.process.pid
             restarted, busy = await asyncio.gather(
-                unit.request("restart"), unit.request("restart"), return_exceptions=True
+                *(unit.request("restart", "maintenance", "alice") for _ in range(2)),
+                return_exceptions=True,
             )
             assert isinstance(busy, CommandError)
             assert busy.code == "busy"
@@ -460,11 +467,18 @@ def test_an_admins_request_stops_starts_and_restarts_bitcoind(tmp_path, custody)
             assert restarted["bitcoind"]["state"] == "synced"
             assert bitcoin.node.process.pid != pid
             assert units.done == ["stop", "start", "restart"]
+            assert [(e, o) for e, o, _ in records] == [
+                ("bitcoind.stop", "success"),
+                ("bitcoind.start", "success"),
+                ("bitcoind.restart", "success"),
+            ]
+            assert "asked by alice (maintenance)" in records[0][2]
 
             units.acting = False  # a path unit that does nothing: said, not waited out forever
-            slow = BitcoindUnit(requests, rpc, watcher, installed=True, settle_seconds=1.0)
-            unanswered = await slow.request("stop")
+            slow = BitcoindUnit(requests, rpc, watcher, True, audit, settle_seconds=1.0)
+            unanswered = await slow.request("stop", "maintenance", "alice")
             assert unanswered["completed"] is False
+            assert records[-1][:2] == ("bitcoind.stop", "incomplete")
             assert bitcoin.node.running
             await bitcoin.service.close()
 

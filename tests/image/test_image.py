@@ -96,6 +96,14 @@ def test_artifacts_and_size(image: Image, report: dict[str, Any]) -> None:
     assert disk_mb <= SIZE_TARGET_MB
     manifest = json.loads((image.directory / "manifest.json").read_text())
     assert manifest["profile"] in ("production", "test")
+    # The boot chain: the certificate the manifest names is the one beside the disk, and
+    # the disk's ESP comes first.
+    der = subprocess.run(["openssl", "x509", "-in", str(image.certificate), "-outform", "DER"],
+                         capture_output=True, check=True).stdout  # fmt: skip
+    boot = manifest["boot"]
+    assert boot["secure_boot_certificate_sha256"] == hashlib.sha256(der).hexdigest()
+    assert "systemd-ukify" in boot["tools"]
+    assert esp_offset(image.disk) == 1 << 20
     assert any(w["file"].startswith("wire_mpc-") for w in manifest["wheels"])
     if manifest["profile"] == "production":  # where its bitcoind came from, and its hash
         source = manifest["bitcoind"]
