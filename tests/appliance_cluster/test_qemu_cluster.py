@@ -277,13 +277,13 @@ def test_7_a_node_whose_bitcoind_is_stopped_refuses_to_sign_and_says_why(
     assert [c.run("status")["signing_blocked"] for c in consoles[:2]] == [None, None]
 
     node3.run("test-signing", "--message", "while stopped", "--approve-only")
-    refused = node1.run("test-signing", "--message", "while stopped", "--signers", "1,3")
+    refused = node1.run(
+        "test-signing", "--message", "while stopped", "--signers", "1,3", failed_ok=True
+    )
     assert refused["state"] == "failed", refused
-    assert (
-        "declined: {3: 'this node signs nothing while its bitcoind is unreachable"
-        in (refused["reason"])
-    ), refused
-    own = node3.run("test-signing", "--message", "while stopped")
+    assert "declined: {3: " in refused["reason"], refused  # node-3, and why:
+    assert "this node signs nothing while its bitcoind is unreachable" in refused["reason"]
+    own = node3.run("test-signing", "--message", "while stopped", failed_ok=True)
     assert own["state"] == "failed", own
     assert why in own["reason"], own
 
