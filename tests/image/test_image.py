@@ -103,7 +103,7 @@ def test_artifacts_and_size(image: Image, report: dict[str, Any]) -> None:
     boot = manifest["boot"]
     assert boot["secure_boot_certificate_sha256"] == hashlib.sha256(der).hexdigest()
     assert "systemd-ukify" in boot["tools"]
-    assert esp_offset(image.disk) == 1 << 20
+    assert partition_offset(image.disk, "wire-esp") == 1 << 20
     assert any(w["file"].startswith("wire_mpc-") for w in manifest["wheels"])
     if manifest["profile"] == "production":  # where its bitcoind came from, and its hash
         source = manifest["bitcoind"]
@@ -262,11 +262,12 @@ def in_boot_tools(work: Path, *command: str) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
-def esp_offset(disk: Path) -> int:
+def partition_offset(disk: Path, label: str) -> int:
+    """Where the partition of GPT label `label` starts on `disk`, in bytes."""
     table = json.loads(subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True,
                                       text=True, check=True).stdout)["partitiontable"]  # fmt: skip
-    (esp,) = [p for p in table["partitions"] if p.get("name") == "wire-esp"]
-    return int(esp["start"]) * int(table.get("sectorsize", 512))
+    (partition,) = [p for p in table["partitions"] if p.get("name") == label]
+    return int(partition["start"]) * int(table.get("sectorsize", 512))
 
 
 def with_uki(image: Image, uki: Path, where: Path) -> Image:
@@ -274,8 +275,8 @@ def with_uki(image: Image, uki: Path, where: Path) -> Image:
     where.mkdir(parents=True, exist_ok=True)
     disk = where / "disk.raw"
     subprocess.run(["cp", "--sparse=always", str(image.disk), str(disk)], check=True)
-    subprocess.run(["mcopy", "-o", "-i", f"{disk}@@{esp_offset(disk)}", str(uki),
-                    "::/EFI/Linux/wire-mpc.efi"],
+    esp = partition_offset(disk, "wire-esp")
+    subprocess.run(["mcopy", "-o", "-i", f"{disk}@@{esp}", str(uki), "::/EFI/Linux/wire-mpc.efi"],
                    env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}, check=True)  # fmt: skip
     return Image(where)
 
@@ -346,10 +347,7 @@ def test_a_flipped_byte_in_the_root_stops_the_boot(
     tampered.mkdir(exist_ok=True)
     disk = tampered / "disk.raw"
     subprocess.run(["cp", "--sparse=always", str(image.disk), str(disk)], check=True)
-    table = json.loads(subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True,
-                                      text=True, check=True).stdout)["partitiontable"]  # fmt: skip
-    (root,) = [p for p in table["partitions"] if p.get("name") == "wire-root"]
-    offset = root["start"] * table.get("sectorsize", 512) + 100
+    offset = partition_offset(disk, "wire-root") + 100
     with disk.open("r+b") as f:
         f.seek(offset)
         byte = f.read(1)
