@@ -1,4 +1,6 @@
-"""`mpc_operator`: the operators' client of a node's control API, over its Unix socket.
+"""`mpc_operator`: the operators' client of a node's control API, over its Unix socket or,
+at the machine, over a serial line (`--line /dev/ttyUSB0`: a laptop's USB serial adapter on
+the node's UART; see `api.line`).
 
     mpc_operator login --username alice          # password and TOTP prompts
     mpc_operator dkg --ceremony-id genesis-1
@@ -27,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
+
+from api import line
 
 __all__ = ["main"]
 
@@ -60,8 +64,11 @@ class Failure(Exception):
 
 
 class Client:
-    def __init__(self, socket_path: str, session_file: Path) -> None:
-        self.socket_path = socket_path
+    """The API at `endpoint`: a Unix socket, or with `line` a serial line."""
+
+    def __init__(self, endpoint: str, session_file: Path, line: bool = False) -> None:
+        self.endpoint = endpoint
+        self.line = line
         self.session_file = session_file
 
     def token(self) -> str | None:
@@ -85,7 +92,7 @@ class Client:
                         "token": session["token"],
                         "username": session["username"],
                         "expires_at": session["expires_at"],
-                        "socket": self.socket_path,
+                        "line" if self.line else "socket": self.endpoint,
                     },
                     handle,
                 )
@@ -114,40 +121,44 @@ class Client:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        connection = UnixConnection(self.socket_path, timeout)
         try:
-            connection.request(method, path, body=data, headers=headers)
-            response = connection.getresponse()
-            payload = response.read()
-        except OSError as exc:
-            raise Failure(
-                "unavailable", f"cannot reach the API at {self.socket_path}: {exc}"
-            ) from exc
-        finally:
-            connection.close()
+            status, payload = self._exchange(method, path, headers, data, timeout)
+        except (OSError, ValueError) as exc:
+            raise Failure("unavailable", f"cannot reach the API at {self.endpoint}: {exc}") from exc
         try:
             answer = json.loads(payload) if payload else {}
         except ValueError:
-            raise Failure(
-                "unavailable", f"the API answered HTTP {response.status} without JSON"
-            ) from None
-        if response.status >= 400:
+            raise Failure("unavailable", f"the API answered HTTP {status} without JSON") from None
+        if status >= 400:
             error = answer.get("error", {}) if isinstance(answer, dict) else {}
-            title = error.get("title", f"HTTP {response.status}")
+            title = error.get("title", f"HTTP {status}")
             code = error.get("code", "")
             kind = (
                 "login"
-                if response.status == 401
+                if status == 401
                 else "forbidden"
-                if response.status == 403
+                if status == 403
                 else "not-built"
-                if response.status == 501
+                if status == 501
                 else "unavailable"
-                if response.status >= 500
+                if status >= 500
                 else "refused"
             )
             raise Failure(kind, f"{title} [{code}]")
         return answer
+
+    def _exchange(
+        self, method: str, path: str, headers: dict[str, str], data: bytes | None, timeout: float
+    ) -> tuple[int, bytes]:
+        if self.line:
+            return line.exchange(self.endpoint, method, path, headers, data, timeout)
+        connection = UnixConnection(self.endpoint, timeout)
+        try:
+            connection.request(method, path, body=data, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
 
 
 def _create_private_file(path: Path) -> int:
@@ -227,7 +238,7 @@ def _print(value: Any, indent: int = 0) -> None:
 
 
 def run(args: argparse.Namespace) -> Any:
-    client = Client(args.socket, Path(args.session_file))
+    client = Client(args.line or args.socket, Path(args.session_file), line=bool(args.line))
     command = args.command
 
     def ceremony_state(ceremony_id: str) -> Any:
@@ -434,7 +445,11 @@ def serve(args: argparse.Namespace) -> Any:
 def parser() -> argparse.ArgumentParser:
     runtime = os.environ.get("XDG_RUNTIME_DIR") or str(Path.home() / ".cache")
     p = argparse.ArgumentParser(prog="mpc_operator", description=__doc__.splitlines()[0])
-    p.add_argument("--socket", default=os.environ.get("WIRE_MPC_API_SOCKET", DEFAULT_SOCKET))
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--socket", default=os.environ.get("WIRE_MPC_API_SOCKET", DEFAULT_SOCKET))
+    where.add_argument(
+        "--line", help="a serial line to the node instead (e.g. /dev/ttyUSB0), 115200 8N1"
+    )
     p.add_argument(
         "--session-file",
         default=os.environ.get(

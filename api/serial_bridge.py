@@ -1,10 +1,12 @@
-"""`serial_bridge`: the control API over the appliance VM's virtio-serial port.
+"""`serial_bridge`: the control API over the appliance VM's virtio-serial port, or over a
+serial line (a UART or a USB serial adapter, for an operator at the machine).
 
     python -m api.serial_bridge --port /dev/virtio-ports/wire.api --socket /run/wire-mpc/api.sock
+    python -m api.serial_bridge --line ttyS1 --socket /run/wire-mpc/api.sock
 
 The host reaches the API through a QEMU virtio-serial port, which the guest sees as a character
-device. A serial port is one byte stream with no connection boundaries, so the bridge frames the
-requests itself, one after another:
+device; a laptop reaches it through a serial line (`api.line`). Either is one byte stream with
+no connection boundaries, so the bridge frames the requests itself, one after another:
 
 * the request line and headers up to the blank line (64 KiB at most), then exactly
   `Content-Length` bytes of body (1 MiB at most); `Transfer-Encoding` (chunked) requests are
@@ -12,7 +14,8 @@ requests itself, one after another:
 * each request goes to the API's Unix socket on a connection of its own, with its `Connection`
   header replaced by `Connection: close`, and the response is read until gunicorn closes it;
 * the response goes back verbatim, except that one without a `Content-Length` (close-delimited
-  or chunked) is buffered and given one, so the host client knows where it ends.
+  or chunked) is buffered and given one, so the host client knows where it ends, and that it
+  carries the request's `Wire-Exchange` tag if it had one.
 
 Bad input (a garbage line, too large a header block, a bad `Content-Length`) is answered with
 `400 Bad Request` and a short reason, and the bridge reads on from the next blank line; an API
@@ -21,6 +24,8 @@ socket that is missing or refuses gets `502 Bad Gateway`. Every answer says `Con
 Only one host client at a time: QEMU's chardev socket accepts one connection, and requests of
 two clients interleaved on the port could not be told apart. When the client disconnects the
 port reads end-of-file; the bridge then reopens it, once a second, dropping anything half read.
+A line never ends and never says its client went away: a request that pauses for more than
+`api.line.IDLE` seconds is dropped instead (`serve_line`).
 
 Request bodies and headers (passwords, TOTP codes, session tokens) are never logged: one line
 per request gives the method, the path without its query, the status and the time taken.
@@ -42,7 +47,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import BinaryIO, Protocol
+
+from api.line import EXCHANGE, IDLE, LineReader, open_line, valid_tag
 
 __all__ = [
     "BadRequest",
@@ -50,10 +58,14 @@ __all__ = [
     "complete_response",
     "error_response",
     "forward",
+    "line_device",
     "main",
     "peer_hung_up",
     "read_request",
+    "respond",
     "run",
+    "run_line",
+    "serve_line",
     "serve_stream",
 ]
 
@@ -208,6 +220,8 @@ def _parse_head(lines: list[bytes]) -> tuple[str, str, str, Headers] | BadReques
         if isinstance(header, BadRequest):
             return header
         headers.append(header)
+    if not all(valid_tag(tag) for tag in _values(tuple(headers), EXCHANGE.lower())):
+        return BadRequest(400, f"invalid {EXCHANGE} (1 to 64 letters, digits or dashes)")
     return first[1], first[2], first[3], tuple(headers)
 
 
@@ -418,14 +432,24 @@ def _dechunk(body: bytes) -> bytes:
 
 
 def answer(request: Request, api_socket: str, timeout: float = API_TIMEOUT) -> tuple[int, bytes]:
-    """The status and the response to write back for `request`."""
+    """The status and the response to write back for `request`, carrying its tag."""
     try:
-        return complete_response(forward(request, api_socket, timeout), request.method)
+        status, data = complete_response(forward(request, api_socket, timeout), request.method)
     except ApiFailure as failure:
-        return failure.status, error_response(failure.status, failure.reason)
+        status, data = failure.status, error_response(failure.status, failure.reason)
     except Exception:
         log.exception("bridge error on %s %s", request.method, request.path)
-        return 500, error_response(500, "the serial bridge failed; see its log")
+        status, data = 500, error_response(500, "the serial bridge failed; see its log")
+    return status, _tagged(data, request)
+
+
+def _tagged(data: bytes, request: Request) -> bytes:
+    """The response with the request's `Wire-Exchange` tag (see `api.line`), if it had one."""
+    tags = _values(request.headers, EXCHANGE.lower())
+    if not tags:
+        return data
+    status_line, rest = data.split(b"\r\n", 1)
+    return status_line + f"\r\n{EXCHANGE}: {tags[-1]}\r\n".encode("ascii") + rest
 
 
 # -- the port ------------------------------------------------------------------------------------
@@ -459,10 +483,7 @@ def serve_stream(
         except EOFError:
             return answered
         started = time.monotonic()
-        if isinstance(request, BadRequest):
-            status, data = request.status, error_response(request.status, request.reason)
-        else:
-            status, data = answer(request, api_socket, timeout)
+        status, data = respond(request, api_socket, timeout)
         if hung_up():
             log.warning("client hung up before its %d answer; dropped", status)
             return answered
@@ -470,6 +491,45 @@ def serve_stream(
         answered += 1
         _log_answer(request, status, started)
         on_answer()
+
+
+def serve_line(
+    fd: int,
+    api_socket: str,
+    *,
+    timeout: float = API_TIMEOUT,
+    idle: float = IDLE,
+    on_answer: Callable[[], None] = lambda: None,
+) -> None:
+    """Answer the requests on the serial line `fd` (see `api.line`) until reading or writing
+    it fails (OSError). A request that pauses for more than `idle` seconds is dropped: its
+    client went away, and what it left must not run into the next client's request."""
+    sink = open(fd, "wb", buffering=0, closefd=False)  # noqa: SIM115 (the fd is the caller's)
+    reader = LineReader(fd)
+    source = io.BufferedReader(reader)
+    while True:
+        reader.timeout = None
+        source.peek(1)  # a request begins
+        reader.timeout = idle
+        try:
+            request = read_request(source, on_continue=lambda: write_all(sink, CONTINUE))
+        except TimeoutError:
+            log.warning("a request stopped for more than %g s half-way; dropped", idle)
+            reader = LineReader(fd)  # what the old reader buffered goes with it
+            source = io.BufferedReader(reader)
+            continue
+        started = time.monotonic()
+        status, data = respond(request, api_socket, timeout)
+        write_all(sink, data)
+        _log_answer(request, status, started)
+        on_answer()
+
+
+def respond(request: Request | BadRequest, api_socket: str, timeout: float) -> tuple[int, bytes]:
+    """The status and the response to write back for one request read, or refused."""
+    if isinstance(request, BadRequest):
+        return request.status, error_response(request.status, request.reason)
+    return answer(request, api_socket, timeout)
 
 
 def _log_answer(request: Request | BadRequest, status: int, started: float) -> None:
@@ -554,12 +614,60 @@ def run(
         stop.wait(retry)
 
 
+def run_line(
+    line: str,
+    api_socket: str,
+    *,
+    timeout: float = API_TIMEOUT,
+    idle: float = IDLE,
+    retry: float = RETRY_SECONDS,
+) -> None:
+    """Serve the serial line for ever, opening it again if it fails (a USB adapter pulled out
+    and plugged back in comes back under the same name)."""
+    trouble = _Trouble(line, retry)
+    log.info("bridging %s to %s", line, api_socket)
+    while True:
+        try:
+            fd = open_line(line)
+            try:
+                serve_line(fd, api_socket, timeout=timeout, idle=idle, on_answer=trouble.recovered)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            trouble.failed(exc.strerror or type(exc).__name__)
+        except Exception as exc:  # a bug: never let it end the bridge
+            trouble.failed(f"unexpected {type(exc).__name__}", exc_info=True)
+        time.sleep(retry)
+
+
+_LINE_NAME = re.compile(r"(?:/dev/)?((?:ttyS|ttyUSB|ttyACM)[0-9]{1,3})")
+
+
+def line_device(name: str, console: str) -> str:
+    """The device of the serial line `name` (`ttyS1`, `ttyUSB0`, `ttyACM0`, or its /dev
+    path); raises ValueError naming what is wrong. `console` is the kernel's console devices
+    (`/sys/class/tty/console/active`): the API cannot share a line with the console."""
+    match = _LINE_NAME.fullmatch(name.strip())
+    if match is None:
+        raise ValueError(
+            f"serial line {name.strip()[:40]!r}: expected a UART (ttyS<n>), a USB serial adapter "
+            "(ttyUSB<n>) or a USB modem-class adapter (ttyACM<n>)"
+        )
+    if match[1] in console.split():
+        raise ValueError(f"serial line {match[1]} is the kernel's console: choose another line")
+    return f"/dev/{match[1]}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m api.serial_bridge",
-        description="Bridge HTTP requests on a virtio-serial port to the control API socket.",
+        description="Bridge HTTP requests on a virtio-serial port or a serial line to the "
+        "control API socket.",
     )
-    parser.add_argument("--port", default=DEFAULT_PORT, help=f"(default {DEFAULT_PORT})")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--port", default=DEFAULT_PORT, help=f"(default {DEFAULT_PORT})")
+    where.add_argument("--line", help="a serial line: ttyS<n>, ttyUSB<n> or ttyACM<n>")
+    where.add_argument("--line-from", type=Path, help="a file (credential) naming the line")
     parser.add_argument("--socket", default=DEFAULT_SOCKET, help=f"(default {DEFAULT_SOCKET})")
     parser.add_argument(
         "--timeout", type=float, default=API_TIMEOUT, help="seconds to wait for the API"
@@ -571,8 +679,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     with contextlib.suppress(KeyboardInterrupt):
-        run(args.port, args.socket, timeout=args.timeout)
+        if args.line is None and args.line_from is None:
+            run(args.port, args.socket, timeout=args.timeout)
+            return 0
+        try:
+            name = args.line if args.line is not None else _read_name(args.line_from)
+            line = line_device(name, _console_devices())
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
+        run_line(line, args.socket, timeout=args.timeout)
     return 0
+
+
+def _read_name(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii", errors="replace")[:64]
+    except OSError as exc:
+        message = f"cannot read the serial line's name from {path}: {exc.strerror}"
+        raise ValueError(message) from None
+
+
+def _console_devices() -> str:
+    try:
+        return Path("/sys/class/tty/console/active").read_text()
+    except OSError:
+        return ""
 
 
 if __name__ == "__main__":

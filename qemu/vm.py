@@ -10,7 +10,10 @@
 - Per-site configuration as SMBIOS type 11 credentials (`io.systemd.credential.binary:`).
 - The control API on the virtio-serial port `wire.api`: a Unix socket on the host. The port
   is one byte stream, so one client at a time (see `api.serial_bridge`).
-- The serial console in `console.log` and a QMP socket, kept per VM.
+- The same API on a second UART, ttyS1 (named by the `wire.api-line` credential), as on a
+  server's serial port: a pseudo-terminal on the host (`line()`), as a laptop's USB serial
+  adapter would be (see `api.line`).
+- The serial console (ttyS0) in `console.log` and a QMP socket, kept per VM.
 
 KVM guests hang on these machines, so `accelerator()` probes KVM with a short boot and
 falls back to TCG.
@@ -129,8 +132,9 @@ class VM:
         self.index = index  # distinct per VM of a cluster: it makes the MAC addresses
         self.firmware = firmware  # the UEFI variables a new VM starts from
         self.separate_data_disk = data_disk
+        self.credentials = {**credentials, "wire.api-line": b"ttyS1"}
         if data_disk:
-            self.credentials = {**credentials, "wire.data-disk": b"/dev/vdb"}
+            self.credentials["wire.data-disk"] = b"/dev/vdb"
         self.uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"wire-mpc-vm:{workdir}:{name}"))
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
@@ -173,6 +177,7 @@ class VM:
             "-m", str(self.memory_mb), "-smp", str(self.cpus), "-uuid", self.uuid,
             "-nodefaults", "-nographic", "-no-reboot",
             "-serial", f"file:{self.console_log}",
+            "-chardev", "pty,id=line", "-serial", "chardev:line",
             "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
             "-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on",
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
@@ -284,8 +289,9 @@ class VM:
         raise RuntimeError(f"{self.name}: API not ready within {within:.0f} s (last answer: "
                            f"{last!r}); console:\n{self.console()}")  # fmt: skip
 
-    def qmp(self, command: str) -> None:
-        """One QMP command (e.g. `quit`: power off at once, no shutdown)."""
+    def qmp(self, command: str) -> Any:
+        """One QMP command (e.g. `quit`: power off at once, no shutdown); its answer (None if
+        the VM went before it answered)."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(10)
             s.connect(str(self.qmp_socket))
@@ -295,7 +301,21 @@ class VM:
             reader.readline()
             s.sendall(json.dumps({"execute": command}).encode() + b"\n")
             with contextlib.suppress(OSError):
-                reader.readline()
+                while line := reader.readline():
+                    message = json.loads(line)
+                    if "error" in message:
+                        raise RuntimeError(f"{self.name}: QMP {command}: {message['error']}")
+                    if "return" in message:
+                        return message["return"]
+            return None
+
+    def line(self) -> str:
+        """The host's end of the VM's second UART (ttyS1; see `credentials`): a
+        pseudo-terminal, as a laptop's USB serial adapter on a server's serial port."""
+        for chardev in self.qmp("query-chardev"):
+            if chardev["label"] == "line" and chardev["filename"].startswith("pty:"):
+                return str(chardev["filename"].removeprefix("pty:"))
+        raise RuntimeError(f"{self.name}: QEMU has no pseudo-terminal for the UART")
 
     def power_down(self, within: float = 120.0) -> None:
         """A clean shutdown (ACPI power button), or power off if it does not end in time."""

@@ -71,8 +71,10 @@ class Console:
     its own session file. Passwords come from files; TOTP codes from the enrolment's secret
     (in real life, the operators' authenticator apps)."""
 
-    def __init__(self, node: DevNode, root: Path) -> None:
+    def __init__(self, node: DevNode, root: Path, line: str | None = None) -> None:
         self.node = node
+        # The node's API socket, or a serial line to the node (an operator at the machine).
+        self.endpoint = ["--line", line] if line else ["--socket", str(node.api_socket)]
         self.home = root / f"{node.node_id}-operators"
         self.home.mkdir(mode=0o700)
         self.authenticator = Authenticator()  # the TOTP app of this organisation's users
@@ -80,8 +82,7 @@ class Console:
     def run(self, *args: str, user: str = "operator", failed_ok: bool = False) -> Any:
         """`mpc_operator --json ARGS` as `user`; its answer. With `failed_ok`, a ceremony
         that ran and failed (exit 1, its answer printed) is an answer too."""
-        command = [sys.executable, "-m", "api.mpc_operator", "--json",
-                   "--socket", str(self.node.api_socket),
+        command = [sys.executable, "-m", "api.mpc_operator", "--json", *self.endpoint,
                    "--session-file", str(self.home / f"{user}.session"), *args]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, timeout=600,
                               check=False, cwd=REPO)  # fmt: skip

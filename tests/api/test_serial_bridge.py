@@ -12,6 +12,7 @@ gunicorn serving a Falcon app. No mocks.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
 import http.server
@@ -36,14 +37,18 @@ from typing import Any, BinaryIO
 
 import pytest
 
+from api.line import exchange, open_line
+from api.mpc_operator import Client, Failure
 from api.serial_bridge import (
     MAX_HEAD,
     BadRequest,
     Request,
     complete_response,
+    line_device,
     peer_hung_up,
     read_request,
     run,
+    serve_line,
     serve_stream,
 )
 
@@ -481,3 +486,151 @@ def test_loop_retries_quietly_until_the_port_appears(
     missing = [r for r in caplog.records if "No such file or directory" in r.getMessage()]
     assert len(missing) == 1  # once, not once per attempt
     assert any("usable again after" in r.getMessage() for r in caplog.records)
+
+
+# -- a serial line (the node's UART, an operator's laptop at the other end) ----------------------
+
+
+class NullModem:
+    """Two pseudo-terminals joined like a null-modem cable: the node's end and the laptop's end
+    are real terminal devices, opened by path and put in raw mode by the code under test. Bytes
+    written while nobody has an end open wait in its input queue, as on a UART's line."""
+
+    def __init__(self) -> None:
+        self.node_master, node_slave = os.openpty()
+        self.laptop_master, laptop_slave = os.openpty()
+        for slave in (node_slave, laptop_slave):
+            tty.setraw(slave)  # no echo back down the cable before the code opens its end
+        self.node, self.laptop = os.ttyname(node_slave), os.ttyname(laptop_slave)
+        self._held = (node_slave, laptop_slave)
+        self._stop_read, self._stop_write = os.pipe()
+        self._relay = threading.Thread(target=self._carry, daemon=True)
+        self._relay.start()
+
+    def _carry(self) -> None:
+        ends = {self.node_master: self.laptop_master, self.laptop_master: self.node_master}
+        while True:
+            ready, _, _ = select.select([*ends, self._stop_read], [], [])
+            if self._stop_read in ready:
+                return
+            for end in ready:
+                os.write(ends[end], os.read(end, 65536))
+
+    def write_from_laptop(self, data: bytes) -> None:
+        """Bytes a client that then went away wrote onto the line."""
+        with open(self.laptop, "wb", buffering=0) as line:
+            line.write(data)
+
+    def unplug(self) -> None:
+        """The cable out: the node's end reads an error (the bridge's `serve_line` returns)."""
+        os.write(self._stop_write, b"x")
+        self._relay.join(5)
+        for fd in (self.node_master, self.laptop_master, *self._held,
+                   self._stop_read, self._stop_write):  # fmt: skip
+            os.close(fd)
+
+
+@pytest.fixture
+def modem() -> Iterator[NullModem]:
+    modem = NullModem()
+    yield modem
+    with contextlib.suppress(OSError):
+        modem.unplug()
+
+
+def bridge_line(modem: NullModem, api_socket: str) -> threading.Thread:
+    """The node's bridge serving its end of the line, with a short idle bound."""
+    fd = open_line(modem.node)
+
+    def serve() -> None:
+        try:
+            serve_line(fd, api_socket, timeout=10, idle=0.3)
+        except OSError:
+            pass  # unplugged
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_an_operator_at_the_machine_reaches_gunicorn_over_a_serial_line(
+    gunicorn_socket: str, modem: NullModem, tmp_path: Path
+) -> None:
+    bridge = bridge_line(modem, gunicorn_socket)
+    secret = b'{"password": "hunter2"}'
+    status, body = exchange(modem.laptop, "POST", "/echo", {"Authorization": "Bearer t"},
+                            secret, timeout=10)  # fmt: skip
+    assert (status, json.loads(body)) == (200, {"got": secret.decode()})
+    client = Client(modem.laptop, tmp_path / "session.json", line=True)
+    assert client.request("GET", "/echo?user=alice", timeout=10) == {
+        "path": "/echo", "query": "user=alice"
+    }  # fmt: skip
+    modem.unplug()
+    bridge.join(10)
+    assert not bridge.is_alive()
+
+
+def test_an_answer_left_on_the_line_does_not_reach_the_next_client(
+    api_socket: str, modem: NullModem
+) -> None:
+    bridge_line(modem, api_socket)
+    # A client asks for something slow and goes away: its answer comes after the next
+    # client has plugged in and flushed the line, and reaches that client first.
+    modem.write_from_laptop(request("GET", "/slow", **{"Wire-Exchange": "gone-away"}))
+    time.sleep(0.1)
+    status, body = exchange(modem.laptop, "GET", "/status", {}, None, timeout=10)
+    assert (status, json.loads(body)["path"]) == (200, "/status")
+
+
+def test_a_request_cut_off_half_way_is_dropped_and_the_next_one_answered(
+    api_socket: str, modem: NullModem, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="wire-api.serial-bridge")
+    bridge_line(modem, api_socket)
+    modem.write_from_laptop(b"POST /withdrawals HTTP/1.1\r\nContent-Le")  # unplugged here
+    time.sleep(0.6)  # longer than the bridge's idle bound
+    status, body = exchange(modem.laptop, "GET", "/status", {}, None, timeout=10)
+    assert (status, json.loads(body)["path"]) == (200, "/status")
+    assert any("half-way; dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_a_malformed_exchange_tag_is_refused(port: Port) -> None:
+    port.send(request("GET", "/status", **{"Wire-Exchange": "a b;c"}))
+    status, _, body = port.response()
+    assert status == 400
+    assert b"Wire-Exchange" in body
+    port.send(request("GET", "/status", **{"Wire-Exchange": "tag-1"}))
+    status, headers, _ = port.response()
+    assert (status, headers["wire-exchange"]) == (200, "tag-1")
+
+
+def test_only_a_serial_line_other_than_the_console_is_served() -> None:
+    assert line_device("ttyS1", "tty0 ttyS0") == "/dev/ttyS1"
+    assert line_device("/dev/ttyUSB0\n", "ttyS0") == "/dev/ttyUSB0"
+    assert line_device("ttyACM2", "") == "/dev/ttyACM2"
+    with pytest.raises(ValueError, match="ttyS0 is the kernel's console"):
+        line_device("ttyS0", "tty0 ttyS0")
+    for name in ("sda", "/dev/../etc/passwd", "ttyS", "pts/3", "/tmp/ttyS1"):
+        with pytest.raises(ValueError, match="expected a UART"):
+            line_device(name, "ttyS0")
+
+
+def test_the_bridge_names_a_bad_line_and_stops(tmp_path: Path) -> None:
+    named = tmp_path / "wire.api-line"
+    named.write_text("vda\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "api.serial_bridge", "--line-from", str(named)],
+        cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "serial line 'vda': expected a UART" in done.stderr
+
+
+def test_a_client_refuses_what_is_not_a_serial_line(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a serial line"):
+        exchange("/dev/null", "GET", "/v1/health", {}, None, timeout=1)
+    client = Client("/dev/null", tmp_path / "session.json", line=True)
+    with pytest.raises(Failure, match="cannot reach the API at /dev/null"):
+        client.request("GET", "/v1/health", timeout=1)

@@ -327,3 +327,26 @@ def test_8_every_journal_holds_the_audit_trail_and_its_seals_verify(
         aside = [f["file"] for f in verified["files"] if f["set_aside"]]
         print(f"[cluster] {console.node.node_id}: {len(verified['files'])} journal files "
               f"verified, {len(aside)} set aside after an unclean stop")  # fmt: skip
+
+
+def test_9_an_operator_at_the_machine_speaks_to_the_api_over_its_uart(
+    appliances: Appliances, tmp_path: Path
+) -> None:
+    # node-2's admin at the server, a laptop on its serial port (the VM's ttyS1: a
+    # pseudo-terminal on the host, as a USB serial adapter), with the same authenticator app.
+    desk = appliances.consoles[1]
+    vm = appliances.cluster.vms[desk.node.node_id]
+    machine = VMConsole(desk.node, tmp_path, line=vm.line())
+    machine.authenticator = desk.authenticator
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="exit 3"):  # nothing without a session
+        machine.run("status", user="admin")
+    machine.login("admin")
+    assert machine.run("status", user="admin")["node_id"] == desk.node.node_id
+    machine.enrol("line-auditor", "auditor", by="admin")  # a state change, with a fresh code
+    phase(appliances.report, "uart_session_s", started)
+    # Audited as on the socket: the record is in the node's trail, read over the socket.
+    desk.login("admin")
+    records = desk.run("audit", "--event", "operator.enrolled", user="admin")["records"]
+    assert any("line-auditor" in json.dumps(r) for r in records), records[-3:]
+    assert "line-auditor" in json.dumps(desk.run("user", "list", user="admin"))
