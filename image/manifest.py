@@ -35,10 +35,10 @@ def main() -> None:
         help="JSON: where bitcoind came from, its version and hash; or null",
     )
     p.add_argument(
-        "--boot-tools",
+        "--build-tools",
         type=Path,
         required=True,
-        help="the boot tools' package versions (image/boot-tools)",
+        help="the build tools' package versions (image/build-tools)",
     )
     p.add_argument(
         "--secure-boot-cert",
@@ -54,15 +54,13 @@ def main() -> None:
         "profile": args.profile,
         "commit": args.commit,
         "uncommitted_changes": args.dirty == "true",
-        "distribution": "debian bookworm",
+        "distribution": "debian trixie",
         "mirror": args.mirror,
         "packages": sorted(f"{p['name']}={p['version']}" for p in packages),
         "wheels": wheel_entries(args.wheels),
         "bitcoind": json.loads(args.bitcoind),
-        "boot": {
-            "tools": "debian trixie: " + ", ".join(args.boot_tools.read_text().split("\n")[:-1]),
-            "secure_boot_certificate_sha256": args.secure_boot_cert,
-        },
+        "build_tools": "debian trixie: " + ", ".join(args.build_tools.read_text().split("\n")[:-1]),
+        "boot": {"secure_boot_certificate_sha256": args.secure_boot_cert},
     }
     args.output.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
