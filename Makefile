@@ -6,9 +6,8 @@ PY            := $(VENV)/bin/python
 APT_PACKAGES  := softhsm2 systemd libsystemd-dev pkg-config python3-dev gcc nftables \
                  libzmq5 libevent-core-2.1-7 libevent-extra-2.1-7 libevent-pthreads-2.1-7 \
                  libsqlite3-0
-# The appliance image (image/build, as root): the tools that assemble and boot it (mkosi
-# itself comes from Debian 13, in the tree image/build-tools debootstraps).
-IMAGE_APT     := systemd-container debootstrap squashfs-tools cryptsetup-bin \
+# The appliance image (image/build, as root): mkosi and the tools that assemble and boot it.
+IMAGE_APT     := mkosi systemd-container debootstrap dracut squashfs-tools cryptsetup-bin \
                  mtools xz-utils qemu-system-x86 qemu-utils curl openssl ovmf swtpm swtpm-tools
 PROFILE       ?= production
 export PYTHONPATH := $(CURDIR)
@@ -72,7 +71,7 @@ image-test: image-tools secure-boot-test-key
 	$(TEST_BITCOIN) $(TEST_SIGNING) image/build --profile production --no-xz \
 	    --out build/image-test
 	$(TEST_BITCOIN) $(TEST_SIGNING) WIRE_IMAGE=build/image-test \
-	    WIRE_BUILD_TOOLS=build/image-cache/build-tools $(PY) -m pytest -s -p no:cacheprovider \
+	    WIRE_BOOT_TOOLS=build/image-cache/boot-tools $(PY) -m pytest -s -p no:cacheprovider \
 	    --durations=0 tests/image
 
 # Three VMs of the image image-test built, on a private network (a network namespace of their own), driven
@@ -82,7 +81,7 @@ cluster-test: image-tools secure-boot-test-key
 	test -f build/image-test/disk.raw || \
 	    $(TEST_BITCOIN) $(TEST_SIGNING) image/build --profile production --no-xz \
 	    --out build/image-test
-	WIRE_IMAGE=build/image-test WIRE_BUILD_TOOLS=build/image-cache/build-tools qemu/netns \
+	WIRE_IMAGE=build/image-test WIRE_BOOT_TOOLS=build/image-cache/boot-tools qemu/netns \
 	    $(PY) -m pytest -s -p no:cacheprovider --durations=0 tests/appliance_cluster
 
 # The same three VMs to try by hand: up until cluster-down (qemu/README.md).
@@ -90,7 +89,7 @@ cluster-up: image-tools secure-boot-test-key
 	test -f build/image-test/disk.raw || \
 	    $(TEST_BITCOIN) $(TEST_SIGNING) image/build --profile production --no-xz \
 	    --out build/image-test
-	WIRE_BUILD_TOOLS=build/image-cache/build-tools qemu/up build/image-test build/cluster
+	WIRE_BOOT_TOOLS=build/image-cache/boot-tools qemu/up build/image-test build/cluster
 
 cluster-down:
 	qemu/down build/cluster

@@ -119,7 +119,6 @@ def bitcoind_argv(config: NodeConfig, datadir: Path, salt: str) -> list[str]:
     return [
         "/usr/bin/bitcoind", f"-datadir={datadir}", f"-chain={CHAINS[chain.network]}",
         "-server=1", "-disablewallet=1", "-printtoconsole=1", "-listen=1",
-        "-listenonion=0",  # the appliance runs no Tor: bitcoind would poll its port forever
         f"-rpcauth={chain.rpc_user}:{salt}${digest}", "-rpcbind=127.0.0.1",
         "-rpcallowip=127.0.0.1", f"-rpcport={url.port or 8332}",
         f"-zmqpubhashblock={chain.zmq_block}", f"-zmqpubrawblock={chain.zmq_block}",

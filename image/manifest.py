@@ -35,10 +35,10 @@ def main() -> None:
         help="JSON: where bitcoind came from, its version and hash; or null",
     )
     p.add_argument(
-        "--build-tools",
+        "--boot-tools",
         type=Path,
         required=True,
-        help="the build tools' package versions (image/build-tools)",
+        help="the boot tools' package versions (image/boot-tools)",
     )
     p.add_argument(
         "--secure-boot-cert",
@@ -54,13 +54,15 @@ def main() -> None:
         "profile": args.profile,
         "commit": args.commit,
         "uncommitted_changes": args.dirty == "true",
-        "distribution": "debian trixie",
+        "distribution": "debian bookworm",
         "mirror": args.mirror,
         "packages": sorted(f"{p['name']}={p['version']}" for p in packages),
         "wheels": wheel_entries(args.wheels),
         "bitcoind": json.loads(args.bitcoind),
-        "build_tools": "debian trixie: " + ", ".join(args.build_tools.read_text().split("\n")[:-1]),
-        "boot": {"secure_boot_certificate_sha256": args.secure_boot_cert},
+        "boot": {
+            "tools": "debian trixie: " + ", ".join(args.boot_tools.read_text().split("\n")[:-1]),
+            "secure_boot_certificate_sha256": args.secure_boot_cert,
+        },
     }
     args.output.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 

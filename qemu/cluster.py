@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qemu.firmware import build_tools, enrolled_variables
+from qemu.firmware import boot_tools, enrolled_variables
 from qemu.site import NodeSite, credentials, local_bitcoind, node_config
 from qemu.vm import VM, Image
 
@@ -95,7 +95,7 @@ class Cluster:
         come up."""
         started = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        enrolled_variables(self.image.certificate, self.firmware, build_tools())
+        enrolled_variables(self.image.certificate, self.firmware, boot_tools())
         self.first_boot(within)
         self.timings["first_boot_s"] = round(time.monotonic() - started)
         mark = time.monotonic()

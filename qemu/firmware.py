@@ -2,8 +2,8 @@
 enforcing, and the certificate that signed the image's boot chain enrolled (as PK, KEK and
 db), so the firmware starts nothing else.
 
-The variable store is written by `virt-fw-vars`, run among the image's build tools
-(image/build-tools: Debian 12 has no package of it). SMM and the secure pflash are what make
+The variable store is written by `virt-fw-vars`, run among the image's boot tools
+(image/boot-tools: Debian 12 has no package of it). SMM and the secure pflash are what make
 OVMF keep the variables from the guest.
 """
 
@@ -14,19 +14,19 @@ import shutil
 import subprocess
 from pathlib import Path
 
-__all__ = ["OVMF_CODE", "build_tools", "enrolled_variables"]
+__all__ = ["OVMF_CODE", "boot_tools", "enrolled_variables"]
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")  # blank: setup mode
 OWNER = "9c2d7e2a-3c1b-4b57-8f0e-77a1d2c6e5b4"  # the owner GUID of the enrolled entries
 
 
-def build_tools() -> Path:
-    """The build tools' tree: `$WIRE_BUILD_TOOLS` (the Makefile sets it)."""
-    where = os.environ.get("WIRE_BUILD_TOOLS")
+def boot_tools() -> Path:
+    """The boot tools' tree: `$WIRE_BOOT_TOOLS` (the Makefile sets it)."""
+    where = os.environ.get("WIRE_BOOT_TOOLS")
     if not where or not (Path(where) / "stamp").exists():
         raise RuntimeError(
-            "WIRE_BUILD_TOOLS must name image/build-tools' tree (make image-test sets it)"
+            "WIRE_BOOT_TOOLS must name image/boot-tools' tree (make image-test sets it)"
         )
     return Path(where).resolve()
 
